@@ -1,0 +1,1 @@
+"""recondec: classifiers augmented with decoding pathways (Zhang, Lee & Lee, ICML 2016)."""

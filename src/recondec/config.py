@@ -1,0 +1,278 @@
+"""Typed schema for every config group.
+
+Hydra composes YAML files from ``conf/``; each group is validated against the dataclass here:
+OmegaConf checks types and enum values at compose time (the error names the key and the allowed
+values), and ``validate(cfg)`` runs the ``__post_init__`` range checks of every dataclass before any
+work starts. One place, declarative, instead of checks scattered through the code.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and what is allowed."""
+
+
+def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
+
+
+class Topology(str, enum.Enum):
+    none = "none"          # the baseline: no decoder
+    stacked = "stacked"    # one decoder from the top (SAE / SWWAE first & all)
+    layerwise = "layerwise"  # one single-block decoder per macro-layer, fed by the clean encoder
+
+
+class Unpool(str, enum.Enum):
+    fixed = "fixed"
+    switch = "switch"
+
+
+class LossForm(str, enum.Enum):
+    reference = "reference"  # sum of squares / (2 * batch), as the Caffe EuclideanLoss
+    mean = "mean"            # mean squared error over all elements
+
+
+class Optimizer(str, enum.Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class LRSchedule(str, enum.Enum):
+    constant = "constant"
+    step = "step"
+    cosine = "cosine"
+
+
+class Loader(str, enum.Enum):
+    memory = "memory"          # whole data set as tensors (built-in sets): fast and bit-deterministic
+    ffcv = "ffcv"              # .beton files through ffcv
+    torchvision = "torchvision"  # ImageFolder + DataLoader, the fallback
+
+
+class Order(str, enum.Enum):
+    random = "random"
+    quasi_random = "quasi_random"
+    sequential = "sequential"
+
+
+class WriteMode(str, enum.Enum):
+    raw = "raw"
+    jpg = "jpg"
+    proportion = "proportion"
+    smart = "smart"
+
+
+@dataclass
+class BackboneConf:
+    name: str = MISSING                 # a key of recondec.models.backbones.BACKBONES
+    width: float = 1.0                  # channel multiplier (vgg16_small)
+    image_size: int = 224
+    dropout: float = 0.5
+    classifier_width: int = 4096        # fc6 / fc7 units
+    pretrained: Optional[str] = None    # local path to a torchvision-format state dict
+
+    def __post_init__(self) -> None:
+        from recondec.models.backbones import BACKBONES  # late import: config must not need torch
+
+        _require(self.name in BACKBONES, "backbone.name", f"one of {sorted(BACKBONES)}", self.name)
+        _require(self.width > 0, "backbone.width", "a positive multiplier", self.width)
+        _require(0 <= self.dropout < 1, "backbone.dropout", "a value in [0, 1)", self.dropout)
+        spec = BACKBONES[self.name]
+        _require(spec.accepts_size(self.image_size), "backbone.image_size", spec.size_rule, self.image_size)
+        if self.pretrained is not None:
+            import os
+
+            _require(os.path.isfile(self.pretrained), "backbone.pretrained", "a path to an existing local file",
+                     self.pretrained)
+
+
+@dataclass
+class VariantConf:
+    name: str = MISSING
+    topology: Topology = Topology.none
+    unpool: Unpool = Unpool.fixed
+    # which levels carry a reconstruction loss: "image", "pool1", ... ("all" variants list every one)
+    loss_levels: list[str] = field(default_factory=list)
+    # for the reconstruction study: where the stacked decoder starts (None = the last macro-layer)
+    decode_from: Optional[str] = None
+
+
+@dataclass
+class LossConf:
+    form: LossForm = LossForm.reference
+    detach_targets: bool = False        # the reference code lets the loss flow into the target activation
+    classification: float = 1.0
+    # weight per level, in the chosen form; levels a variant does not use are ignored
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.classification >= 0, "loss.classification", "a weight >= 0", self.classification)
+        for level, w in self.weights.items():
+            _require(w >= 0, f"loss.weights.{level}", "a weight >= 0", w)
+
+
+@dataclass
+class StageConf:
+    epochs: int = 0
+    lr: float = 0.01
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 0, "schedule.<stage>.epochs", "an integer >= 0", self.epochs)
+        _require(self.lr > 0, "schedule.<stage>.lr", "a learning rate > 0", self.lr)
+
+
+@dataclass
+class ScheduleConf:
+    optimizer: Optimizer = Optimizer.sgd
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    lr_schedule: LRSchedule = LRSchedule.cosine
+    warmup_epochs: float = 0.0
+    step_epochs: list[int] = field(default_factory=list)   # for lr_schedule=step: epochs at which lr *= step_gamma
+    step_gamma: float = 0.1
+    # stage 1: decoders only (encoder frozen); stage 2: everything jointly
+    decoder: StageConf = field(default_factory=lambda: StageConf(epochs=0, lr=0.01, freeze_encoder=True))
+    joint: StageConf = field(default_factory=lambda: StageConf(epochs=1, lr=0.01, freeze_encoder=False))
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "schedule.batch_size", "an integer > 0", self.batch_size)
+        _require(self.weight_decay >= 0, "schedule.weight_decay", "a value >= 0", self.weight_decay)
+        _require(self.warmup_epochs >= 0, "schedule.warmup_epochs", "a value >= 0", self.warmup_epochs)
+        _require(self.decoder.epochs + self.joint.epochs > 0, "schedule.joint.epochs",
+                 "at least one epoch over both stages", self.joint.epochs)
+
+
+@dataclass
+class FFCVConf:
+    """ffcv reading and .beton writing options (used when data.loader=ffcv and by src/prepare.py)."""
+    beton_dir: Optional[str] = None     # where .beton files live; default <repo>/data/beton/<data.name>
+    os_cache: bool = False              # True: the whole file in the page cache (small sets, or RAM to spare)
+    order: Order = Order.quasi_random
+    distributed: bool = False
+    batch_timeout_s: float = 120.0      # no batch within this time -> a clear error, never a hang
+    max_resolution: int = 256
+    write_mode: WriteMode = WriteMode.smart
+    jpeg_quality: int = 90
+    compress_probability: float = 0.5
+    num_workers: int = 16               # writer processes
+    strict: bool = False                # stop at the first bad image instead of skipping it
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.jpeg_quality <= 100, "data.ffcv.jpeg_quality", "an integer in [1, 100]", self.jpeg_quality)
+        _require(0 <= self.compress_probability <= 1, "data.ffcv.compress_probability", "a value in [0, 1]",
+                 self.compress_probability)
+        _require(self.batch_timeout_s > 0, "data.ffcv.batch_timeout_s", "seconds > 0", self.batch_timeout_s)
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING                 # digits | fashion_mnist | imagenet | folder
+    loader: Loader = Loader.memory
+    root: Optional[str] = None          # data on disk (ImageFolder root with train/ and val/, or the idx files)
+    num_classes: int = MISSING
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # 0-1 scale, RGB
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    train_limit: Optional[int] = None   # use only the first N training images (quick runs)
+    val_limit: Optional[int] = None
+    val_fraction: float = 0.2           # for sets without an official split (digits); the split seed is fixed
+    num_workers: int = 2                # loader workers
+    ffcv: FFCVConf = field(default_factory=FFCVConf)
+
+    def __post_init__(self) -> None:
+        import os
+
+        _require(self.num_classes > 0, "data.num_classes", "an integer > 0", self.num_classes)
+        _require(len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "data.mean/data.std",
+                 "three values each, std > 0", (self.mean, self.std))
+        _require(0 < self.val_fraction < 1, "data.val_fraction", "a value in (0, 1)", self.val_fraction)
+        if self.name == "fashion_mnist":
+            from recondec.data.builtin import fashion_mnist_hint
+
+            _require(self.root is not None and os.path.isdir(self.root), "data.root",
+                     f"the Fashion-MNIST folder. {fashion_mnist_hint()}", self.root)
+        elif self.name in ("imagenet", "folder") or self.loader is not Loader.memory:
+            if self.loader is Loader.memory:
+                raise ConfigError(f"data.loader=memory is invalid for data={self.name}: allowed ffcv or torchvision")
+            if self.loader is Loader.torchvision or self.name in ("imagenet", "folder"):
+                _require(self.root is not None and os.path.isdir(str(self.root)), "data.root",
+                         "an existing directory (set data.root=/path/to/data)", self.root)
+
+
+@dataclass
+class TrainerConf:
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"             # fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    log_every_n_steps: int = 20
+    val_every_n_epochs: int = 1
+    recon_images: int = 8               # images in each reconstruction grid
+    max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "trainer.device",
+                 "auto, cpu, cuda or cuda:N", self.device)
+
+
+@dataclass
+class LoggerConf:
+    tracking_uri: str = MISSING         # absolute sqlite path at the repo root by default
+    experiment: str = "default"
+    run_name: Optional[str] = None      # default: the job's overrides, e.g. "variant=swwae_all,seed=1"
+    sweep_tag: Optional[str] = None     # default: the multirun's output folder
+    log_checkpoint: bool = True
+
+
+@dataclass
+class Config:
+    backbone: BackboneConf = field(default_factory=BackboneConf)
+    variant: VariantConf = field(default_factory=VariantConf)
+    loss: LossConf = field(default_factory=LossConf)
+    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    data: DataConf = field(default_factory=DataConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    resume: Optional[str] = None        # a checkpoint path, or "auto": the newest valid one of this output dir
+    output_dir: str = "."
+    study: str = "train"                # train | recon (the reconstruction study)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, for experiment presets
+
+
+def register_schema() -> None:
+    """Register the schema so that conf/config.yaml can name it in its defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Run every range check (the dataclasses' __post_init__) and return the typed config object."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as e:  # OmegaConf wraps errors raised inside __post_init__
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+    loss_levels = set(obj.variant.loss_levels)
+    missing = sorted(loss_levels - set(obj.loss.weights))
+    if missing:
+        raise ConfigError(f"loss.weights lacks a weight for {missing}, which variant={obj.variant.name} reconstructs")
+    return obj

@@ -1,0 +1,41 @@
+"""Data: built-in sets, .beton writing, and the three loaders (memory, ffcv, torchvision).
+
+Every loader yields (images, labels): float32 (N, 3, S, S) normalized with data.mean / data.std on the
+0-1 scale, and int64 labels; it has len() (batches per epoch) and set_epoch(epoch, skip_batches=0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from recondec.config import DataConf, Loader
+
+
+@dataclass
+class Loaders:
+    train: Any
+    val: Any
+    num_train: int
+    num_val: int
+
+
+def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
+                  rank: int = 0, world_size: int = 1) -> Loaders:
+    if data.loader is Loader.memory:
+        from recondec.data.builtin import limit, load_builtin
+        from recondec.data.memory import MemoryLoader
+
+        train, val = load_builtin(data.name, data.root, data.val_fraction)
+        train, val = limit(train, data.train_limit), limit(val, data.val_limit)
+        common = dict(image_size=image_size, batch_size=batch_size, mean=data.mean, std=data.std,
+                      rank=rank, world_size=world_size)
+        return Loaders(MemoryLoader(train, shuffle=True, seed=seed, drop_last=True, **common),
+                       MemoryLoader(val, shuffle=False, **common), len(train.labels), len(val.labels))
+    if data.loader is Loader.ffcv:
+        from recondec.data.ffcv_loader import build_ffcv_loaders
+
+        return build_ffcv_loaders(data, image_size, batch_size, seed, device=device, rank=rank,
+                                  world_size=world_size)
+    from recondec.data.folder import build_folder_loaders
+
+    return build_folder_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size)

@@ -1,0 +1,64 @@
+"""In-memory loader for the built-in data sets: tensors resized once, shuffled by (seed, epoch).
+
+The order of every epoch is a pure function of (seed, epoch), so a run resumed mid-epoch can skip the
+batches it already saw and continue bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recondec.data.builtin import ArraySplit
+
+
+def to_normalized(images_uint8: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float32 normalized with mean/std given on the 0-1 scale."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images_uint8.float() / 255.0 - m) / s
+
+
+class MemoryLoader:
+    """Iterates (images, labels) batches of an ArraySplit resized to `image_size`."""
+
+    def __init__(self, split: ArraySplit, image_size: int, batch_size: int, mean, std, *, shuffle: bool,
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        x = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous()
+        if x.shape[-1] != image_size or x.shape[-2] != image_size:
+            x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=True).round().clamp(0, 255).to(torch.uint8)
+        self.images = to_normalized(x, mean, std)
+        self.labels = torch.from_numpy(split.labels)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        # each rank takes every world_size-th sample of the global batch order (DDP sharding)
+        per_rank = n // self.world_size if self.world_size > 1 else n
+        return idx[self.rank::self.world_size][:per_rank]
+
+    def __len__(self) -> int:
+        n = len(self._indices()) if self.world_size > 1 else len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        idx = self._indices()
+        for b in range(self.skip_batches, len(self)):
+            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.images[sel], self.labels[sel]
+        self.skip_batches = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
