@@ -8,7 +8,8 @@ work starts. One place, declarative, instead of checks scattered through the cod
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -16,6 +17,18 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key and what is allowed."""
+
+
+class Checked:
+    """Dataclasses whose ``check()`` runs once every value is filled in (defaults may still be MISSING
+    while Hydra builds the schema)."""
+
+    def __post_init__(self) -> None:
+        if not any(getattr(self, f.name) is MISSING or getattr(self, f.name) == MISSING for f in fields(self)):
+            self.check()
+
+    def check(self) -> None:
+        pass
 
 
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -32,6 +45,11 @@ class Topology(str, enum.Enum):
 class Unpool(str, enum.Enum):
     fixed = "fixed"
     switch = "switch"
+
+
+class LossLevels(str, enum.Enum):
+    first = "first"  # the image only
+    all = "all"      # the image and every intermediate level below the top
 
 
 class LossForm(str, enum.Enum):
@@ -70,7 +88,7 @@ class WriteMode(str, enum.Enum):
 
 
 @dataclass
-class BackboneConf:
+class BackboneConf(Checked):
     name: str = MISSING                 # a key of recondec.models.backbones.BACKBONES
     width: float = 1.0                  # channel multiplier (vgg16_small)
     image_size: int = 224
@@ -78,7 +96,7 @@ class BackboneConf:
     classifier_width: int = 4096        # fc6 / fc7 units
     pretrained: Optional[str] = None    # local path to a torchvision-format state dict
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         from recondec.models.backbones import BACKBONES  # late import: config must not need torch
 
         _require(self.name in BACKBONES, "backbone.name", f"one of {sorted(BACKBONES)}", self.name)
@@ -94,43 +112,51 @@ class BackboneConf:
 
 
 @dataclass
-class VariantConf:
+class VariantConf(Checked):
     name: str = MISSING
     topology: Topology = Topology.none
     unpool: Unpool = Unpool.fixed
-    # which levels carry a reconstruction loss: "image", "pool1", ... ("all" variants list every one)
-    loss_levels: list[str] = field(default_factory=list)
-    # for the reconstruction study: where the stacked decoder starts (None = the last macro-layer)
+    losses: LossLevels = LossLevels.first
+    # where the stacked decoder starts: None = the top macro-layer (pool5); a lower level ("pool3") or
+    # "fc6" / "fc7" / "fc8" for the reconstruction study
     decode_from: Optional[str] = None
+
+    def check(self) -> None:
+        if self.topology is Topology.layerwise:
+            _require(self.losses is LossLevels.all and self.decode_from is None, "variant.losses",
+                     "'all' with decode_from=null for a layer-wise decoder", self.losses.value)
 
 
 @dataclass
-class LossConf:
+class LossConf(Checked):
     form: LossForm = LossForm.reference
     detach_targets: bool = False        # the reference code lets the loss flow into the target activation
     classification: float = 1.0
     # weight per level, in the chosen form; levels a variant does not use are ignored
     weights: dict[str, float] = field(default_factory=dict)
+    default_weight: Optional[float] = None  # for feature levels not listed (e.g. AlexNet's conv3 / conv4)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require(self.classification >= 0, "loss.classification", "a weight >= 0", self.classification)
         for level, w in self.weights.items():
             _require(w >= 0, f"loss.weights.{level}", "a weight >= 0", w)
+        _require(self.default_weight is None or self.default_weight >= 0, "loss.default_weight",
+                 "a weight >= 0 or null", self.default_weight)
 
 
 @dataclass
-class StageConf:
+class StageConf(Checked):
     epochs: int = 0
     lr: float = 0.01
     freeze_encoder: bool = False
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require(self.epochs >= 0, "schedule.<stage>.epochs", "an integer >= 0", self.epochs)
         _require(self.lr > 0, "schedule.<stage>.lr", "a learning rate > 0", self.lr)
 
 
 @dataclass
-class ScheduleConf:
+class ScheduleConf(Checked):
     optimizer: Optimizer = Optimizer.sgd
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -143,7 +169,7 @@ class ScheduleConf:
     decoder: StageConf = field(default_factory=lambda: StageConf(epochs=0, lr=0.01, freeze_encoder=True))
     joint: StageConf = field(default_factory=lambda: StageConf(epochs=1, lr=0.01, freeze_encoder=False))
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require(self.batch_size > 0, "schedule.batch_size", "an integer > 0", self.batch_size)
         _require(self.weight_decay >= 0, "schedule.weight_decay", "a value >= 0", self.weight_decay)
         _require(self.warmup_epochs >= 0, "schedule.warmup_epochs", "a value >= 0", self.warmup_epochs)
@@ -152,7 +178,7 @@ class ScheduleConf:
 
 
 @dataclass
-class FFCVConf:
+class FFCVConf(Checked):
     """ffcv reading and .beton writing options (used when data.loader=ffcv and by src/prepare.py)."""
     beton_dir: Optional[str] = None     # where .beton files live; default <repo>/data/beton/<data.name>
     os_cache: bool = False              # True: the whole file in the page cache (small sets, or RAM to spare)
@@ -166,7 +192,7 @@ class FFCVConf:
     num_workers: int = 16               # writer processes
     strict: bool = False                # stop at the first bad image instead of skipping it
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require(1 <= self.jpeg_quality <= 100, "data.ffcv.jpeg_quality", "an integer in [1, 100]", self.jpeg_quality)
         _require(0 <= self.compress_probability <= 1, "data.ffcv.compress_probability", "a value in [0, 1]",
                  self.compress_probability)
@@ -174,7 +200,7 @@ class FFCVConf:
 
 
 @dataclass
-class DataConf:
+class DataConf(Checked):
     name: str = MISSING                 # digits | fashion_mnist | imagenet | folder
     loader: Loader = Loader.memory
     root: Optional[str] = None          # data on disk (ImageFolder root with train/ and val/, or the idx files)
@@ -187,7 +213,7 @@ class DataConf:
     num_workers: int = 2                # loader workers
     ffcv: FFCVConf = field(default_factory=FFCVConf)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         import os
 
         _require(self.num_classes > 0, "data.num_classes", "an integer > 0", self.num_classes)
@@ -208,7 +234,7 @@ class DataConf:
 
 
 @dataclass
-class TrainerConf:
+class TrainerConf(Checked):
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: str = "fp32"             # fp32 | bf16 | fp16
     channels_last: bool = False
@@ -221,14 +247,14 @@ class TrainerConf:
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     progress: bool = True
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "trainer.device",
                  "auto, cpu, cuda or cuda:N", self.device)
 
 
 @dataclass
-class LoggerConf:
+class LoggerConf(Checked):
     tracking_uri: str = MISSING         # absolute sqlite path at the repo root by default
     experiment: str = "default"
     run_name: Optional[str] = None      # default: the job's overrides, e.g. "variant=swwae_all,seed=1"
@@ -251,11 +277,17 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for experiment presets
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+
+
 def register_schema() -> None:
-    """Register the schema so that conf/config.yaml can name it in its defaults list."""
+    """Register the schema (conf/config.yaml names it in its defaults list) and the ${repo_root:} resolver."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
 
 def validate(cfg: DictConfig) -> Config:
@@ -271,8 +303,4 @@ def validate(cfg: DictConfig) -> Config:
         if isinstance(e.__cause__, ConfigError):
             raise e.__cause__ from None
         raise
-    loss_levels = set(obj.variant.loss_levels)
-    missing = sorted(loss_levels - set(obj.loss.weights))
-    if missing:
-        raise ConfigError(f"loss.weights lacks a weight for {missing}, which variant={obj.variant.name} reconstructs")
     return obj

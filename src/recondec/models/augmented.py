@@ -1,0 +1,111 @@
+"""The augmented network: an encoder plus the decoding pathway its variant describes.
+
+A variant is data (``VariantConf``: topology, unpooling, which levels carry a loss), not a class.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from recondec.config import BackboneConf, LossLevels, Topology, Unpool, VariantConf
+from recondec.models.backbones import Encoder, build_encoder, load_pretrained
+from recondec.models.decoders import FCDecoder, LayerwiseDecoder, StackedDecoder, init_decoder, level_name
+
+FC_LEVELS = ("fc6", "fc7", "fc8")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AugmentedOutput:
+    logits: torch.Tensor
+    recons: dict[str, torch.Tensor] = field(default_factory=dict)   # level -> reconstruction
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # level -> encoder activation (not "image")
+
+
+class AugmentedNet(nn.Module):
+    def __init__(self, encoder: Encoder, variant: VariantConf, image_size: int, num_classes: int,
+                 fc_width: int = 4096):
+        super().__init__()
+        self.encoder, self.variant, self.image_size = encoder, variant, image_size
+        self.decoder = self._build_decoder(variant, fc_width, num_classes)
+        if self.decoder is not None:
+            init_decoder(self.decoder)
+        self.encoder_frozen = False
+
+    # ------------------------------------------------------------ structure
+    @property
+    def levels(self) -> list[str]:
+        """Every level the decoder reconstructs, bottom first ("image", "pool1", ...)."""
+        if self.decoder is None:
+            return []
+        return [level_name(self.encoder.macro_layers, i - 1) for i in range(len(self.decoder.blocks))]
+
+    @property
+    def loss_levels(self) -> list[str]:
+        if self.decoder is None:
+            return []
+        return self.levels if self.variant.losses is LossLevels.all else ["image"]
+
+    def _build_decoder(self, v: VariantConf, fc_width: int, num_classes: int) -> Optional[nn.Module]:
+        layers = self.encoder.macro_layers
+        top = len(layers) - 1
+        if v.topology is Topology.none:
+            return None
+        if v.topology is Topology.layerwise:
+            return LayerwiseDecoder(layers, v.unpool, top)
+        names = [m.name for m in layers]
+        if v.decode_from is None or v.decode_from in FC_LEVELS:
+            fc = None
+            if v.decode_from is not None:
+                fc = FCDecoder(v.decode_from, fc_width, num_classes, self.encoder.top_shape(self.image_size))
+            return StackedDecoder(layers, v.unpool, top, fc, v.decode_from)
+        if v.decode_from not in names:
+            raise ValueError(f"variant.decode_from={v.decode_from!r} is invalid: allowed {names + list(FC_LEVELS)}")
+        return StackedDecoder(layers, v.unpool, names.index(v.decode_from))
+
+    # ------------------------------------------------------------ training stages
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        """Stage 1 of the protocol trains the decoders only: no gradients into the encoder, and the
+        encoder in eval mode (BN statistics and dropout as at test time)."""
+        self.encoder_frozen = frozen
+        for p in self.encoder.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    def decoder_parameters(self):
+        return [] if self.decoder is None else list(self.decoder.parameters())
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, decode: bool = True) -> AugmentedOutput:
+        need_switches = decode and self.decoder is not None and self.variant.unpool is Unpool.switch
+        enc = self.encoder(x, need_switches=need_switches)
+        if not decode or self.decoder is None:
+            return AugmentedOutput(enc.logits)
+        recons = self.decoder(enc, (x.shape[-2], x.shape[-1]))
+        targets = {m.name: a for m, a in zip(self.encoder.macro_layers, enc.activations) if m.name in recons}
+        return AugmentedOutput(enc.logits, recons, targets)
+
+
+def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) -> AugmentedNet:
+    encoder = build_encoder(backbone.name, num_classes, backbone.image_size, width=backbone.width,
+                            dropout=backbone.dropout, classifier_width=backbone.classifier_width)
+    if backbone.pretrained:
+        skipped = load_pretrained(encoder, backbone.pretrained)
+        if skipped:
+            log.warning("pretrained weights: %d tensors kept their initialisation (shape differs): %s",
+                        len(skipped), ", ".join(skipped))
+    return AugmentedNet(encoder, variant, backbone.image_size, num_classes, _fc_width(encoder))
+
+
+def _fc_width(encoder: Encoder) -> int:
+    return next(m.out_features for m in encoder.classifier if isinstance(m, nn.Linear))

@@ -1,0 +1,265 @@
+"""Encoders split into macro-layers, and the backbone registry.
+
+An encoder keeps torchvision's module layout (``features`` / ``avgpool`` / ``classifier``) so a
+torchvision state dict loads unchanged. Its *description* (``macro_layers``) says where each macro-layer
+starts and ends inside ``features`` and which convolutions and pooling it holds; decoders are derived
+from that description alone. A new backbone is one builder function registered in ``BACKBONES`` plus a
+``conf/backbone/<name>.yaml``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models import alexnet as tv_alexnet
+from torchvision.models import vgg16 as tv_vgg16
+from torchvision.models import vgg16_bn as tv_vgg16_bn
+from torchvision.models.vgg import make_layers
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kernel_size: int
+    stride: int
+    padding: int = 0
+    ceil_mode: bool = False
+
+    @property
+    def overlapping(self) -> bool:
+        return self.kernel_size > self.stride
+
+
+@dataclass(frozen=True)
+class MacroLayer:
+    """features[start:end] of the encoder: convs (with BN/ReLU) optionally ending in one max-pool."""
+    name: str                      # the name of its output, e.g. "pool3" or "conv4"
+    start: int
+    end: int
+    convs: tuple[ConvSpec, ...]
+    pool: Optional[PoolSpec]
+
+    @property
+    def in_channels(self) -> int:
+        return self.convs[0].in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.convs[-1].out_channels
+
+
+@dataclass
+class EncoderOutput:
+    activations: list[torch.Tensor]             # a_1 .. a_L, one per macro-layer
+    switches: list[Optional[torch.Tensor]]      # max-pool argmax indices per macro-layer (None: not asked / no pool)
+    pre_pool_sizes: list[tuple[int, int]]       # spatial size before each macro-layer's pool
+    fc: dict[str, torch.Tensor]                 # "fc6", "fc7" (post-ReLU) and "fc8" (the logits)
+    logits: torch.Tensor
+
+
+def describe(features: nn.Sequential, names: list[str]) -> tuple[MacroLayer, ...]:
+    """Split `features` into macro-layers: a new one starts after every max-pool, and where `names`
+    asks for more levels than pools (AlexNet's conv3 / conv4), after every ReLU that ends a conv."""
+    n_pools = sum(isinstance(m, nn.MaxPool2d) for m in features)
+    split_on_relu = len(names) > n_pools
+    layers, convs, start = [], [], 0
+    for i, m in enumerate(features):
+        if isinstance(m, nn.Conv2d):
+            convs.append(ConvSpec(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]))
+        is_pool = isinstance(m, nn.MaxPool2d)
+        next_is_pool = i + 1 < len(features) and isinstance(features[i + 1], nn.MaxPool2d)
+        ends_here = is_pool or (split_on_relu and isinstance(m, nn.ReLU) and not next_is_pool)
+        if ends_here:
+            pool = PoolSpec(_int(m.kernel_size), _int(m.stride), _int(m.padding), m.ceil_mode) if is_pool else None
+            layers.append(MacroLayer(names[len(layers)], start, i + 1, tuple(convs), pool))
+            convs, start = [], i + 1
+    if len(layers) != len(names):
+        raise ValueError(f"features split into {len(layers)} macro-layers, but {len(names)} names were given")
+    return tuple(layers)
+
+
+def _int(v) -> int:
+    return v[0] if isinstance(v, (tuple, list)) else int(v)
+
+
+class Encoder(nn.Module):
+    """A classifier whose forward also returns every macro-layer output and the pooling switches."""
+
+    def __init__(self, features: nn.Sequential, avgpool: nn.Module, classifier: nn.Sequential,
+                 level_names: list[str], fc_taps: dict[str, int]):
+        super().__init__()
+        self.features, self.avgpool, self.classifier = features, avgpool, classifier
+        self.macro_layers = describe(features, level_names)
+        self.fc_taps = fc_taps  # name -> index in classifier whose output is that fc activation
+
+    def forward(self, x: torch.Tensor, need_switches: bool = False) -> EncoderOutput:
+        acts, switches, sizes = [], [], []
+        for layer in self.macro_layers:
+            for i in range(layer.start, layer.end):
+                m = self.features[i]
+                if isinstance(m, nn.MaxPool2d):
+                    sizes.append((x.shape[-2], x.shape[-1]))
+                    x, idx = self._pool(m, x, need_switches)
+                    switches.append(idx)
+                else:
+                    x = m(x)
+            if layer.pool is None:
+                sizes.append((x.shape[-2], x.shape[-1]))
+                switches.append(None)
+            acts.append(x)
+        h = torch.flatten(self.avgpool(x), 1)
+        fc = {}
+        taps = {i: n for n, i in self.fc_taps.items()}
+        for i, m in enumerate(self.classifier):
+            h = m(h)
+            if i in taps:
+                fc[taps[i]] = h
+        fc["fc8"] = h
+        return EncoderOutput(acts, switches, sizes, fc, h)
+
+    @staticmethod
+    def _pool(m: nn.MaxPool2d, x: torch.Tensor, need_switches: bool):
+        if not need_switches:
+            return m(x), None
+        # no gradient flows into the switches: indices are integers and are used only to place values
+        return F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+
+    def top_shape(self, image_size: int) -> tuple[int, int, int]:
+        """(C, H, W) of the last macro-layer's output for a square input of `image_size`."""
+        h = image_size
+        for layer in self.macro_layers:
+            for c in layer.convs:
+                h = (h + 2 * c.padding - c.kernel_size) // c.stride + 1
+            if layer.pool is not None:
+                p = layer.pool
+                num = h + 2 * p.padding - p.kernel_size
+                h = (-(-num // p.stride) if p.ceil_mode else num // p.stride) + 1
+            if h < 1:
+                return (self.macro_layers[-1].out_channels, 0, 0)
+        return (self.macro_layers[-1].out_channels, h, h)
+
+
+# ---------------------------------------------------------------- builders
+
+VGG_LEVELS = ["pool1", "pool2", "pool3", "pool4", "pool5"]
+ALEXNET_LEVELS = ["pool1", "pool2", "conv3", "conv4", "pool5"]
+VGG_FC_TAPS = {"fc6": 1, "fc7": 4}       # Linear, ReLU(1), Dropout, Linear, ReLU(4), Dropout, Linear
+ALEXNET_FC_TAPS = {"fc6": 2, "fc7": 5}   # Dropout, Linear, ReLU(2), Dropout, Linear, ReLU(5), Linear
+
+
+def build_vgg16(num_classes: int, image_size: int, *, width: float = 1.0, dropout: float = 0.5,
+                classifier_width: int = 4096, batch_norm: bool = False) -> Encoder:
+    """torchvision's VGG-16 (configuration D): identical modules, names and initialisation."""
+    make = tv_vgg16_bn if batch_norm else tv_vgg16
+    net = make(weights=None, num_classes=num_classes, dropout=dropout)
+    return Encoder(net.features, net.avgpool, net.classifier, VGG_LEVELS, VGG_FC_TAPS)
+
+
+def build_vgg16_bn(num_classes: int, image_size: int, **kw) -> Encoder:
+    return build_vgg16(num_classes, image_size, **{**kw, "batch_norm": True})
+
+
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def build_vgg16_small(num_classes: int, image_size: int, *, width: float = 0.25, dropout: float = 0.5,
+                      classifier_width: int = 512, batch_norm: bool = False) -> Encoder:
+    """VGG-16 for small images: the same 13 convs and 5 pools, channels x `width`, and a classifier
+    sized to the input (no adaptive pooling: pool5 is (image_size/32)^2 cells)."""
+    cfg = [v if v == "M" else max(1, round(v * width)) for v in VGG16_CFG]
+    features = make_layers(cfg, batch_norm=batch_norm)
+    side = image_size // 32
+    c5 = cfg[-2]
+    classifier = nn.Sequential(
+        nn.Linear(c5 * side * side, classifier_width), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(classifier_width, classifier_width), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(classifier_width, num_classes))
+    _init_like_torchvision_vgg(features, classifier)
+    return Encoder(features, nn.Identity(), classifier, VGG_LEVELS, VGG_FC_TAPS)
+
+
+def _init_like_torchvision_vgg(*modules: nn.Module) -> None:
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def build_alexnet(num_classes: int, image_size: int, *, dropout: float = 0.5, **_) -> Encoder:
+    """torchvision's AlexNet: no LRN, overlapping 3x3/2 pools; torchvision weights load unchanged."""
+    net = tv_alexnet(weights=None, num_classes=num_classes, dropout=dropout)
+    return Encoder(net.features, net.avgpool, net.classifier, ALEXNET_LEVELS, ALEXNET_FC_TAPS)
+
+
+def build_alexnet_caffe(num_classes: int, image_size: int, *, dropout: float = 0.5, **_) -> Encoder:
+    """The authors' AlexNet: Caffe widths 96-256-384-384-256, 227 px, LRN removed, no groups.
+    Same module indices as torchvision's, so its weights load where shapes match (the fc layers)."""
+    net = tv_alexnet(weights=None, num_classes=num_classes, dropout=dropout)
+    net.features = nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2))
+    return Encoder(net.features, net.avgpool, net.classifier, ALEXNET_LEVELS, ALEXNET_FC_TAPS)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    build: Callable[..., Encoder]
+    size_rule: str
+    accepts_size: Callable[[int], bool]
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec(build_vgg16, "an integer >= 32", lambda s: s >= 32),
+    "vgg16_bn": BackboneSpec(build_vgg16_bn, "an integer >= 32", lambda s: s >= 32),
+    "vgg16_small": BackboneSpec(build_vgg16_small, "a positive multiple of 32 (e.g. 32, 64)",
+                                lambda s: s >= 32 and s % 32 == 0),
+    "alexnet": BackboneSpec(build_alexnet, "an integer >= 63", lambda s: s >= 63),
+    "alexnet_caffe": BackboneSpec(build_alexnet_caffe, "an integer >= 67 (227 in the paper)", lambda s: s >= 67),
+}
+
+
+def build_encoder(name: str, num_classes: int, image_size: int, **kwargs) -> Encoder:
+    if name not in BACKBONES:
+        raise KeyError(f"backbone.name={name!r} is unknown: allowed {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    if not spec.accepts_size(image_size):
+        raise ValueError(f"backbone.image_size={image_size} is invalid for {name}: allowed {spec.size_rule}")
+    return spec.build(num_classes, image_size, **kwargs)
+
+
+def load_pretrained(encoder: Encoder, path: str) -> list[str]:
+    """Load a torchvision-format state dict from a local file (never a download). Names must match
+    exactly (another architecture is an error); tensors whose shapes differ (another class count, the
+    Caffe AlexNet's convs) keep their initialisation, and their names are returned."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = encoder.state_dict()
+    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+    if unknown or missing:
+        raise ValueError(f"{path} is not a state dict of this backbone: unexpected keys {unknown[:5]}, "
+                         f"missing keys {missing[:5]}")
+    skipped = [k for k, v in state.items() if own[k].shape != v.shape]
+    encoder.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return skipped

@@ -1,0 +1,23 @@
+"""Parameter counts and forward FLOPs (torch's own FlopCounterMode: 2 FLOPs per multiply-add)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from recondec.models.augmented import AugmentedNet
+
+
+def count_params(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def forward_flops(model: AugmentedNet, image_size: int) -> int:
+    """FLOPs of one forward pass of one image (encoder + decoder), counted on the meta device."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops()
