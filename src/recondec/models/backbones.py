@@ -163,7 +163,18 @@ def build_vgg16(num_classes: int, image_size: int, *, width: float = 1.0, dropou
     """torchvision's VGG-16 (configuration D): identical modules, names and initialisation."""
     make = tv_vgg16_bn if batch_norm else tv_vgg16
     net = make(weights=None, num_classes=num_classes, dropout=dropout)
-    return Encoder(net.features, net.avgpool, net.classifier, VGG_LEVELS, VGG_FC_TAPS)
+    classifier = net.classifier
+    if classifier_width != 4096:  # a narrower head (small tests, small data); layout and names unchanged
+        classifier = _vgg_classifier(512 * 7 * 7, classifier_width, num_classes, dropout)
+        _init_like_torchvision_vgg(classifier)
+    return Encoder(net.features, net.avgpool, classifier, VGG_LEVELS, VGG_FC_TAPS)
+
+
+def _vgg_classifier(in_features: int, width: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, width), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(width, width), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(width, num_classes))
 
 
 def build_vgg16_bn(num_classes: int, image_size: int, **kw) -> Encoder:
@@ -181,10 +192,7 @@ def build_vgg16_small(num_classes: int, image_size: int, *, width: float = 0.25,
     features = make_layers(cfg, batch_norm=batch_norm)
     side = image_size // 32
     c5 = cfg[-2]
-    classifier = nn.Sequential(
-        nn.Linear(c5 * side * side, classifier_width), nn.ReLU(True), nn.Dropout(dropout),
-        nn.Linear(classifier_width, classifier_width), nn.ReLU(True), nn.Dropout(dropout),
-        nn.Linear(classifier_width, num_classes))
+    classifier = _vgg_classifier(c5 * side * side, classifier_width, num_classes, dropout)
     _init_like_torchvision_vgg(features, classifier)
     return Encoder(features, nn.Identity(), classifier, VGG_LEVELS, VGG_FC_TAPS)
 

@@ -1,0 +1,26 @@
+"""Shared fixtures: compose configs from conf/ into a temporary output folder."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from recondec.config import CONF_DIR, register_schema
+
+register_schema()
+
+VARIANTS = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides) -> DictConfig, with outputs and the MLflow database under tmp_path."""
+
+    def _compose(*overrides: str, return_hydra_config: bool = False):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=[f"output_dir={tmp_path}",
+                                                f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                                *overrides], return_hydra_config=return_hydra_config)
+
+    return _compose
