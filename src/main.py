@@ -1,0 +1,33 @@
+"""The front door: compose the config with Hydra, then train, evaluate and track one job.
+
+    python src/main.py                                   # the default: SWWAE-all on digits, CPU, ~2 min
+    python src/main.py -m variant=sae_all,swwae          # a grid; compare with `mlflow ui`
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package lives next to this file
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from recondec.config import register_schema  # noqa: E402
+from recondec.run import JobInfo, run_job  # noqa: E402
+
+register_schema()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    info = JobInfo(overrides=list(hc.overrides.task),
+                   sweep_dir=hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None,
+                   hydra_dir=Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None)
+    result = run_job(cfg, info)
+    return result.metrics.get("val/top1", float("nan"))  # what a Hydra sweeper would optimise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""One job, from a composed config to a tracked result: validate, build, train, log.
+
+``src/main.py`` calls ``run_job`` with the config Hydra composed; tests call it directly.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recondec.config import Config, validate
+from recondec.data import build_loaders
+from recondec.models import build_loss, build_model
+from recondec.training import checkpoint as ckpt
+from recondec.training.loop import Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobInfo:
+    """What Hydra knows about the job: its overrides and, in a multirun, the sweep folder."""
+    overrides: list[str]
+    sweep_dir: Optional[str] = None
+    hydra_dir: Optional[Path] = None  # <output>/.hydra: config.yaml, overrides.yaml
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    metrics: dict[str, float]
+    output_dir: Path
+    checkpoint: Optional[Path]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned conv algorithms, unless bit-exactness matters
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+def run_name(info: JobInfo) -> str:
+    hidden = ("output_dir", "logger.", "hydra.", "resume")
+    shown = [o for o in info.overrides if not o.startswith(hidden)]
+    return ",".join(shown) or "defaults"
+
+
+def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
+    from recondec.tracking.mlflow_logger import MlflowTracker
+
+    tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
+            "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single"}
+    return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
+                         tags, cfg.data.mean, resume_run_id)
+
+
+def find_resume_state(cfg: Config) -> Optional[dict]:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.find_latest(cfg.output_dir)
+        if found is None:
+            log.info("resume=auto: no valid checkpoint in %s, starting fresh", ckpt.checkpoint_dir(cfg.output_dir))
+            return None
+        log.info("resume=auto: continuing from %s", found[0])
+        return found[1]
+    state = ckpt.load_valid(Path(cfg.resume))
+    if state is None:
+        raise FileNotFoundError(f"resume={cfg.resume}: not a readable checkpoint")
+    return state
+
+
+def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
+    cfg = validate(dict_cfg)  # every bad value fails here, before any work
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    device = resolve_device(cfg.trainer.device)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size, cfg.trainer.seed,
+                            device=str(device))
+    model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(model, cfg.loss, cfg.data.std).to(device)
+    state = find_resume_state(cfg)
+
+    tracker = build_tracker(cfg, info, state.get("mlflow_run_id") if state else None)
+    trainer = Trainer(cfg, model, loss_fn, loaders, device, tracker)
+    try:
+        if state is None:
+            tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True))
+        else:
+            trainer.load_checkpoint(state)
+        _log_config_files(tracker, dict_cfg, info, output_dir)
+        metrics = trainer.fit() if cfg.study != "eval" else {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
+        last = ckpt.checkpoint_dir(output_dir) / "last.pt"
+        if cfg.logger.log_checkpoint and last.exists():
+            tracker.log_artifact(last, "checkpoints")
+        tracker.finish()
+    except BaseException as e:
+        tracker.finish(error=e, output_dir=output_dir)
+        raise
+    result = JobResult(tracker.run_id, metrics, output_dir, last if last.exists() else None)
+    _print_summary(cfg, result)
+    return result
+
+
+def _log_config_files(tracker, dict_cfg: DictConfig, info: JobInfo, output_dir: Path) -> None:
+    resolved = output_dir / "config_resolved.yaml"
+    resolved.write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    tracker.log_artifact(resolved, "config")
+    (output_dir / "overrides.txt").write_text("\n".join(info.overrides) + "\n")
+    tracker.log_artifact(output_dir / "overrides.txt", "config")
+    if info.hydra_dir is not None and info.hydra_dir.is_dir():
+        tracker.log_artifacts(info.hydra_dir, "config/hydra")
+
+
+def _print_summary(cfg: Config, result: JobResult) -> None:
+    top1 = result.metrics.get("val/top1")
+    lines = [f"MLflow run id : {result.run_id}  (experiment '{cfg.logger.experiment}', {cfg.logger.tracking_uri})",
+             f"top-1 (val)   : {top1:.2f}%" if top1 is not None else "top-1 (val)   : not evaluated",
+             f"outputs       : {result.output_dir.resolve()}",
+             "compare runs  : mlflow ui  (from the repository root)"]
+    print("\n".join(lines), flush=True)
+
+

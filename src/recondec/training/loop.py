@@ -1,0 +1,206 @@
+"""The training loop: stages, epochs, steps, evaluation and checkpoints, readable top to bottom.
+
+Stage 1 ("decoder") trains the decoding pathway with the encoder frozen; stage 2 ("joint") trains
+everything on classification + reconstruction. Either can be switched off in ``schedule/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+from tqdm import tqdm
+
+from recondec.config import Config
+from recondec.models import AugmentedLoss, AugmentedNet
+from recondec.training import checkpoint as ckpt
+from recondec.training.metrics import EvalMetrics, RunningMeans
+from recondec.training.schedule import Stage, build_optimizer, build_scheduler, plan_stages
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    run_id: str
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_epoch_figures(self, batch: "VisualBatch", history: list[dict[str, float]]) -> None: ...
+
+
+class VisualBatch:
+    """A few validation images with their reconstructions, for the figures."""
+
+    def __init__(self, inputs: torch.Tensor, recons: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        self.inputs = inputs.float().cpu()
+        self.recons = {k: v.float().cpu() for k, v in recons.items()}
+        self.targets = {k: v.float().cpu() for k, v in targets.items()}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name} but no CUDA device is available: use trainer.device=cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: AugmentedNet, loss_fn: AugmentedLoss, loaders, device: torch.device,
+                 tracker: Optional[Tracker] = None):
+        self.cfg, self.model, self.loss_fn, self.loaders = cfg, model, loss_fn, loaders
+        self.device, self.tracker = device, tracker
+        self.stages = plan_stages(cfg.schedule, model.decoder is not None)
+        self.total_epochs = self.stages[-1].end_epoch if self.stages else 0
+        self.steps_per_epoch = len(loaders.train)
+        if cfg.trainer.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.trainer.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"no full training batch: {loaders.num_train} images < schedule.batch_size="
+                             f"{cfg.schedule.batch_size}")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
+        self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self.history: list[dict[str, float]] = []
+        self.ckpt_dir = ckpt.checkpoint_dir(cfg.output_dir)
+        self.optimizer = self.scheduler = None
+        self._stage: Optional[Stage] = None
+
+    # ------------------------------------------------------------------ stages
+    def stage_at(self, epoch: int) -> Stage:
+        return next(s for s in self.stages if s.first_epoch <= epoch < s.end_epoch)
+
+    def enter_stage(self, stage: Stage) -> None:
+        """Freeze or unfreeze the encoder and give the stage a fresh optimiser and LR schedule."""
+        self._stage = stage
+        self.model.set_encoder_frozen(stage.conf.freeze_encoder)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        self.optimizer = build_optimizer(params, self.cfg.schedule, stage.conf.lr, fused=fused)
+        self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, stage.conf.epochs, self.cfg.schedule)
+        log.info("stage %s: epochs %d-%d, lr %g, %s", stage.name, stage.first_epoch + 1, stage.end_epoch,
+                 stage.conf.lr, "encoder frozen" if stage.conf.freeze_encoder else "end to end")
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> dict[str, float]:
+        last: dict[str, float] = {}
+        while self.epoch < self.total_epochs:
+            stage = self.stage_at(self.epoch)
+            if stage is not self._stage:
+                self.enter_stage(stage)
+            train_metrics = self.train_epoch()
+            self.epoch += 1
+            last = {f"train/{k}": v for k, v in train_metrics.items()}
+            if self.epoch % self.cfg.trainer.val_every_n_epochs == 0 or self.epoch == self.total_epochs:
+                val, visual = self.evaluate()
+                last.update({f"val/{k}": v for k, v in val.items()})
+                is_best = val["top1"] > self.best_top1
+                self.best_top1 = max(self.best_top1, val["top1"])
+                last["val/best_top1"] = self.best_top1
+                self.history.append({"epoch": self.epoch, **last})
+                if self.tracker:
+                    self.tracker.log_metrics(last, step=self.epoch)
+                    if visual is not None:
+                        self.tracker.log_epoch_figures(visual, self.history)
+                self.save_checkpoint("best.pt" if is_best else None)
+            else:
+                self.history.append({"epoch": self.epoch, **last})
+                if self.tracker:
+                    self.tracker.log_metrics(last, step=self.epoch)
+                self.save_checkpoint()
+        return last
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x, y):
+        fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format
+        x = x.to(self.device, non_blocking=True, memory_format=fmt)
+        return x, y.to(self.device, non_blocking=True)
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        stage = self._stage
+        self.loaders.train.set_epoch(self.epoch)
+        running, seen, start = RunningMeans(), 0, time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.total_epochs} [{stage.name}]",
+                   disable=not self.cfg.trainer.progress, leave=False, dynamic_ncols=True)
+        for i, (x, y) in enumerate(self.loaders.train):
+            if i >= self.steps_per_epoch:
+                break
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                out = self.model(x, decode=self.model.decoder is not None)
+                terms = self.loss_fn(out, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["total"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            running.update(terms)
+            seen += x.shape[0]
+            bar.update(1)
+            if self.step % self.cfg.trainer.log_every_n_steps == 0:
+                means = running.compute()  # the only host sync, once per log interval
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
+                                {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
+        bar.close()
+        metrics = {f"loss/{k}": v for k, v in running.compute().items()}
+        metrics["img_per_s"] = seen / max(1e-9, time.perf_counter() - start)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], Optional[VisualBatch]]:
+        self.model.eval()
+        metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
+        visual = None
+        bar = tqdm(self.loaders.val, desc="validate", disable=not self.cfg.trainer.progress, leave=False)
+        for x, y in bar:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                out = self.model(x)
+                terms = self.loss_fn(out, x, y)
+            targets = {**out.targets, "image": self.loss_fn.image_target(x)}
+            metrics.update(out.logits, y, terms, out.recons, targets)
+            if visual is None and out.recons:
+                n = self.cfg.trainer.recon_images
+                visual = VisualBatch(x[:n] * self.loss_fn.image_std, {k: v[:n] for k, v in out.recons.items()},
+                                     {k: targets[k][:n] for k in out.recons})
+        return metrics.compute(), visual
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "stage": self._stage.name, "epoch": self.epoch, "step": self.step, "best_top1": self.best_top1,
+                "history": self.history, "rng": ckpt.rng_state(),
+                "mlflow_run_id": getattr(self.tracker, "run_id", None)}
+
+    def save_checkpoint(self, also_as: Optional[str] = None) -> Path:
+        state = self.state()
+        path = self.ckpt_dir / "last.pt"
+        ckpt.save_atomic(state, path)
+        if also_as:
+            ckpt.save_atomic(state, self.ckpt_dir / also_as)
+        return path
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Continue where `state` stopped: same epoch, step, optimiser, schedule and random streams."""
+        self.model.load_state_dict(state["model"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_top1, self.history = state.get("best_top1", -1.0), state.get("history", [])
+        if self.epoch < self.total_epochs:
+            stage = self.stage_at(self.epoch)
+            self.enter_stage(stage)
+            if state.get("stage") == stage.name:  # mid-stage: keep the optimiser's momentum and the LR position
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed at epoch %d (step %d)", self.epoch, self.step)

@@ -1,0 +1,75 @@
+"""Metrics that accumulate on the device and are read only at log time (no host sync per step)."""
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+
+class RunningMeans:
+    """Per-key running means of scalar tensors, kept on the device."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def compute(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = (torch.stack([self.sums[k] for k in keys]) / max(1, self.count)).tolist()  # one sync
+        return dict(zip(keys, values))
+
+
+def _ssim_kernel(size: int) -> int:
+    k = min(11, size if size % 2 else size - 1)
+    return k if k >= 3 else 0
+
+
+class EvalMetrics:
+    """Top-1 / top-5 and, per reconstructed level, MSE, PSNR and SSIM (torchmetrics)."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.device = device
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
+        self.losses = RunningMeans()
+        self.mse = RunningMeans()
+        self.psnr: dict[str, PeakSignalNoiseRatio] = {}
+        self.ssim: dict[str, StructuralSimilarityIndexMeasure] = {}
+
+    def update(self, logits, labels, losses: dict[str, torch.Tensor], recons: dict[str, torch.Tensor],
+               targets: dict[str, torch.Tensor]) -> None:
+        self.top1.update(logits, labels)
+        self.top5.update(logits, labels)
+        self.losses.update(losses)
+        self.mse.update({lv: torch.mean((recons[lv].float() - targets[lv].float()) ** 2) for lv in recons})
+        for level, rec in recons.items():
+            target = targets[level].float()
+            if level not in self.psnr:
+                # the image target lives on the 0-1 scale; a feature level's peak is the largest target
+                # activation of the first validation batch (the val order is fixed, so runs compare)
+                peak = 1.0 if level == "image" else max(float(target.max() - target.min()), 1e-8)
+                self.psnr[level] = PeakSignalNoiseRatio(data_range=peak).to(self.device)
+                k = _ssim_kernel(min(target.shape[-2:]))
+                if k:
+                    # the standard 11x11 Gaussian window where the map is large enough, else a uniform k x k one
+                    self.ssim[level] = StructuralSimilarityIndexMeasure(
+                        data_range=peak, kernel_size=k, gaussian_kernel=k == 11).to(self.device)
+            self.psnr[level].update(rec.float(), target)
+            if level in self.ssim:
+                self.ssim[level].update(rec.float(), target)
+
+    def compute(self) -> dict[str, float]:
+        out = {"top1": self.top1.compute().item() * 100, "top5": self.top5.compute().item() * 100}
+        out.update({f"loss/{k}": v for k, v in self.losses.compute().items()})
+        out.update({f"mse/{k}": v for k, v in self.mse.compute().items()})
+        out.update({f"psnr/{k}": m.compute().item() for k, m in self.psnr.items()})
+        out.update({f"ssim/{k}": m.compute().item() for k, m in self.ssim.items()})
+        return out
