@@ -1,0 +1,70 @@
+"""Config composition (Hydra's compose API) and the named errors for bad values."""
+import re
+
+import pytest
+from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from recondec.config import CONF_DIR, ConfigError, validate
+
+GROUPS = ["backbone", "variant", "loss", "schedule", "data", "trainer", "logger", "experiment"]
+NEEDS_DATA = {"imagenet", "folder"}  # need data.root to validate
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_of_every_group_composes_and_validates(compose_cfg, tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if option in NEEDS_DATA:
+        overrides.append(f"data.root={tmp_path}")
+    cfg = compose_cfg(*overrides)
+    if group == "backbone":
+        assert cfg.backbone.name == option
+    validate(cfg)
+
+
+def test_hydra_group_composes_with_distinct_job_folders(compose_cfg):
+    cfg = compose_cfg(return_hydra_config=True)
+    # microseconds in the folder name, and the job number in each job's sub-folder
+    assert re.fullmatch(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", cfg.hydra.sweep.dir)
+    assert re.fullmatch(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", cfg.hydra.run.dir)
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"
+
+
+def test_unknown_variant_lists_the_allowed_ones(compose_cfg):
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg("variant=swwae_everything")
+    assert "variant" in str(err.value) and "sae_layerwise" in str(err.value)
+
+
+def test_unknown_unpooling_names_key_and_allowed_values(compose_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("variant.unpool=bilinear")
+    cause = str(err.value.__cause__)
+    assert "variant.unpool" in cause and "fixed" in cause and "switch" in cause
+
+
+@pytest.mark.parametrize("override,key", [
+    ("loss.weights.image=-1", "loss.weights.image"),
+    ("loss.classification=-0.5", "loss.classification"),
+    ("backbone.image_size=40", "backbone.image_size"),
+    ("backbone.name=resnet50", "backbone.name"),
+    ("schedule.batch_size=0", "schedule.batch_size"),
+    ("schedule.joint.lr=0", "schedule.<stage>.lr"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("backbone.pretrained=/no/such/weights.pth", "backbone.pretrained"),
+])
+def test_bad_values_fail_before_any_work_naming_the_key(compose_cfg, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("<", "<").replace(">", ">")):
+        validate(compose_cfg(override))
+
+
+def test_missing_data_path_names_the_key_and_how_to_fix_it(compose_cfg):
+    with pytest.raises(ConfigError, match="data.root") as err:
+        validate(compose_cfg("data=fashion_mnist", "data.root=/nonexistent"))
+    assert "apt-get install dataset-fashion-mnist" in str(err.value)
+    with pytest.raises(ConfigError, match="data.root"):
+        validate(compose_cfg("data=imagenet"))

@@ -1,0 +1,92 @@
+"""Tiny end-to-end jobs: MLflow runs with the expected metrics and artifacts, resume, multirun."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from recondec.config import REPO_ROOT
+from recondec.run import JobInfo, run_job
+
+from ..conftest import VARIANTS
+
+TINY = ["data.train_limit=96", "data.val_limit=48", "schedule.batch_size=32", "backbone.width=0.125",
+        "backbone.classifier_width=32", "schedule.decoder.epochs=1", "schedule.joint.epochs=1",
+        "trainer.progress=false", "trainer.recon_images=4"]
+
+
+def runs_of(db: Path, experiment: str):
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def artifact_paths(db: Path, run_id: str, folder: str = "") -> set[str]:
+    client = MlflowClient(f"sqlite:///{db}")
+    out = set()
+    for a in client.list_artifacts(run_id, folder or None):
+        out |= artifact_paths(db, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_path, variant):
+    overrides = [f"variant={variant}", *TINY, "logger.experiment=tiny"]
+    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    (run,) = runs_of(tmp_path / "mlflow.db", "tiny")
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.runName"] == ",".join(o for o in overrides if not o.startswith("logger."))
+    assert run.data.params["variant.name"] == variant and run.data.params["loss.weights.image"] == "0.0001"
+    metrics = set(run.data.metrics)
+    assert {"val/top1", "val/top5", "train/loss/ce", "train/loss/total", "train/img_per_s", "train/lr"} <= metrics
+    levels = [] if variant == "baseline" else ["image"] if variant.endswith("first") else \
+        ["image", "pool1", "pool2", "pool3", "pool4"]
+    for lv in levels:
+        assert {f"train/loss/recon/{lv}", f"val/psnr/{lv}", f"val/mse/{lv}"} <= metrics, lv
+    assert ("val/ssim/image" in metrics) == bool(levels)
+    arts = artifact_paths(tmp_path / "mlflow.db", run.info.run_id)
+    assert {"config/config_resolved.yaml", "config/overrides.txt", "checkpoints/last.pt"} <= arts
+    if levels:
+        assert "reconstruction_error_per_level.png" in arts and "reconstructions/image.png" in arts
+    history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/top1")
+    assert [m.step for m in history] == ([1, 2] if variant != "baseline" else [1])  # one point per epoch
+
+
+def test_resume_continues_at_the_right_epoch_in_the_same_run(compose_cfg, tmp_path):
+    first = [*TINY, "variant=sae_all", "schedule.joint.epochs=1", "logger.experiment=resume"]
+    r1 = run_job(compose_cfg(*first), JobInfo(overrides=first))
+    state = torch.load(r1.checkpoint, weights_only=False)
+    assert state["epoch"] == 2 and state["stage"] == "joint"
+    more = [*TINY, "variant=sae_all", "schedule.joint.epochs=3", "resume=auto", "logger.experiment=resume"]
+    r2 = run_job(compose_cfg(*more), JobInfo(overrides=more))
+    assert r2.run_id == r1.run_id  # the same MLflow run continues
+    assert torch.load(r2.checkpoint, weights_only=False)["epoch"] == 4
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(r1.run_id, "val/top1")] == [1, 2, 3, 4]
+
+
+def test_eval_study_reloads_the_final_model(compose_cfg, tmp_path):
+    train = [*TINY, "variant=swwae_all", "logger.experiment=eval"]
+    r1 = run_job(compose_cfg(*train), JobInfo(overrides=train))
+    ev = [*TINY, "variant=swwae_all", "study=eval", f"resume={r1.checkpoint}", "logger.experiment=eval"]
+    r2 = run_job(compose_cfg(*ev), JobInfo(overrides=ev))
+    assert r2.metrics["val/top1"] == pytest.approx(r1.metrics["val/top1"])
+    assert r2.metrics["val/psnr/image"] == pytest.approx(r1.metrics["val/psnr/image"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_multirun_of_two_jobs_gives_two_runs_with_one_sweep_tag(tmp_path):
+    db = tmp_path / "mlflow.db"
+    cmd = [sys.executable, "src/main.py", "-m", "variant=sae_all,swwae", *TINY, "trainer.max_steps_per_epoch=1",
+           f"logger.tracking_uri=sqlite:///{db}", "logger.experiment=grid", f"hydra.sweep.dir={tmp_path}/sweep"]
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, timeout=580, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    runs = runs_of(db, "grid")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["sweep"] for r in runs}) == 1
+    assert sorted(r.data.tags["mlflow.runName"].split(",")[0] for r in runs) == ["variant=sae_all", "variant=swwae"]
+    assert len({r.data.tags["mlflow.runName"] for r in runs}) == 2
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
