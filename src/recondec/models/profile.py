@@ -21,3 +21,16 @@ def forward_flops(model: AugmentedNet, image_size: int) -> int:
         model(x)
     model.train(was_training)
     return counter.get_total_flops()
+
+
+def profile_table(backbone, variants: dict, num_classes: int) -> list[dict]:
+    """Parameters (encoder, decoder) and forward GFLOPs per image of each variant on one backbone."""
+    rows = []
+    for name, variant in variants.items():
+        from recondec.models.augmented import build_model
+
+        model = build_model(backbone, variant, num_classes)
+        rows.append({"variant": name, "encoder_params": count_params(model.encoder),
+                     "decoder_params": count_params(model.decoder),
+                     "gflops": forward_flops(model, backbone.image_size) / 1e9})
+    return rows
