@@ -25,6 +25,11 @@ def main(cfg: DictConfig) -> float:
     info = JobInfo(overrides=list(hc.overrides.task),
                    sweep_dir=hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None,
                    hydra_dir=Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None)
+    if cfg.study == "recon":
+        from recondec.studies.recon import run_recon_study
+
+        run_recon_study(cfg, info)
+        return float("nan")
     result = run_job(cfg, info)
     return result.metrics.get("val/top1", float("nan"))  # what a Hydra sweeper would optimise
 

@@ -36,6 +36,12 @@ def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
 
 
+class Study(str, enum.Enum):
+    train = "train"  # one training job (the default)
+    eval = "eval"    # reload resume=<checkpoint> and evaluate it
+    recon = "recon"  # the reconstruction study: a frozen classifier, SAE and SWWAE decoders from each level
+
+
 class Topology(str, enum.Enum):
     none = "none"          # the baseline: no decoder
     stacked = "stacked"    # one decoder from the top (SAE / SWWAE first & all)
@@ -263,6 +269,21 @@ class LoggerConf(Checked):
 
 
 @dataclass
+class ReconStudyConf(Checked):
+    """The reconstruction study (study=recon): decoders trained on a frozen classifier, one per level."""
+    classifier: Optional[str] = None    # encoder weights (torchvision format); None: train one (or reuse a cached one)
+    classifier_epochs: int = 5
+    decoder_epochs: int = 3
+    levels: list[str] = field(default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "fc8"])
+    figure_images: int = 4
+
+    def check(self) -> None:
+        _require(self.classifier_epochs > 0, "recon.classifier_epochs", "an integer > 0", self.classifier_epochs)
+        _require(self.decoder_epochs > 0, "recon.decoder_epochs", "an integer > 0", self.decoder_epochs)
+        _require(bool(self.levels), "recon.levels", "a non-empty list of levels", self.levels)
+
+
+@dataclass
 class Config:
     backbone: BackboneConf = field(default_factory=BackboneConf)
     variant: VariantConf = field(default_factory=VariantConf)
@@ -273,8 +294,8 @@ class Config:
     logger: LoggerConf = field(default_factory=LoggerConf)
     resume: Optional[str] = None        # a checkpoint path, or "auto": the newest valid one of this output dir
     output_dir: str = "."
-    study: str = "train"                # train | recon (the reconstruction study)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, for experiment presets
+    study: Study = Study.train
+    recon: ReconStudyConf = field(default_factory=ReconStudyConf)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,150 @@
+"""The reconstruction study (the paper's first finding): how much of the image survives at each level.
+
+A classifier is trained (or reused, or loaded from a local file), frozen, and for each level an SAE-first
+decoder (fixed unpooling) and an SWWAE-first decoder (switch unpooling) are trained to reconstruct the
+image from that level alone. Each decoder is one ordinary tracked job; the study then writes a table of
+the per-level validation error (MSE, PSNR, SSIM) and a figure with one row per level.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from recondec.config import REPO_ROOT  # noqa: E402
+from recondec.data import build_loaders  # noqa: E402
+from recondec.models import build_model  # noqa: E402
+from recondec.run import JobInfo, run_job  # noqa: E402
+
+log = logging.getLogger(__name__)
+UNPOOLS = {"sae": "fixed", "swwae": "switch"}
+
+
+def _sub_config(cfg: DictConfig, name: str, **values) -> DictConfig:
+    sub = cfg.copy()
+    OmegaConf.set_struct(sub, False)
+    for key, value in {"output_dir": str(Path(cfg.output_dir) / name), "logger.run_name": name,
+                       "study": "train", **values}.items():
+        OmegaConf.update(sub, key, value, merge=False)
+    return sub
+
+
+def classifier_key(cfg: DictConfig) -> str:
+    """Same backbone, data, schedule and seed -> the same cached classifier."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "data", "schedule")}
+    parts["seed"], parts["epochs"] = cfg.trainer.seed, cfg.recon.classifier_epochs
+    return hashlib.sha1(repr(sorted(parts.items())).encode()).hexdigest()[:12]
+
+
+def ensure_classifier(cfg: DictConfig, info: JobInfo) -> Path:
+    """The frozen classifier's encoder weights in torchvision format: given, cached, or trained now."""
+    if cfg.recon.classifier:
+        return Path(cfg.recon.classifier)
+    if cfg.backbone.pretrained:
+        return Path(cfg.backbone.pretrained)
+    cached = REPO_ROOT / "multirun" / "classifiers" / classifier_key(cfg) / "encoder.pt"
+    if cached.exists():
+        log.info("reusing the classifier trained before: %s", cached)
+        return cached
+    sub = _sub_config(cfg, "classifier", **{"variant.name": "baseline", "variant.topology": "none",
+                                            "schedule.decoder.epochs": 0,
+                                            "schedule.joint.epochs": cfg.recon.classifier_epochs})
+    result = run_job(sub, JobInfo(overrides=[*info.overrides, "recon=classifier"]))
+    state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder, cached)
+    return cached
+
+
+def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float]]:
+    encoder_path = ensure_classifier(cfg, info)
+    results, checkpoints = {}, {}
+    for level in cfg.recon.levels:
+        for kind, unpool in UNPOOLS.items():
+            name = f"{kind}_from_{level}"
+            sub = _sub_config(cfg, name, **{
+                "variant.name": f"{kind}_first", "variant.topology": "stacked", "variant.unpool": unpool,
+                "variant.losses": "first", "variant.decode_from": level, "backbone.pretrained": str(encoder_path),
+                "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0})
+            result = run_job(sub, JobInfo(overrides=[*info.overrides, f"recon={name}"]))
+            results[name] = {k: v for k, v in result.metrics.items() if k.startswith("val/") and "image" in k}
+            checkpoints[name] = (sub, result.checkpoint)
+    table = recon_table(cfg.recon.levels, results)
+    figure = recon_figure(cfg, checkpoints)
+    _log_summary(cfg, table, figure)
+    print(table)
+    return results
+
+
+def recon_table(levels, results) -> str:
+    lines = ["| level | SAE MSE | SWWAE MSE | SAE PSNR (dB) | SWWAE PSNR (dB) | SAE SSIM | SWWAE SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for lv in levels:
+        sae, sww = results[f"sae_from_{lv}"], results[f"swwae_from_{lv}"]
+        lines.append(f"| {lv} | {sae['val/mse/image']:.4f} | {sww['val/mse/image']:.4f} | "
+                     f"{sae['val/psnr/image']:.2f} | {sww['val/psnr/image']:.2f} | "
+                     f"{sae.get('val/ssim/image', float('nan')):.3f} | {sww.get('val/ssim/image', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def _reconstruct(sub: DictConfig, checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
+    from recondec.config import validate
+
+    conf = validate(sub)
+    model = build_model(conf.backbone, conf.variant, conf.data.num_classes)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    return model.eval()(images).recons["image"]
+
+
+def recon_figure(cfg: DictConfig, checkpoints):
+    """One row per level: the inputs, then SAE and SWWAE reconstructions side by side."""
+    from recondec.config import validate
+
+    conf = validate(cfg)
+    loaders = build_loaders(conf.data, conf.backbone.image_size, conf.schedule.batch_size, conf.trainer.seed)
+    images, _ = next(iter(loaders.val))
+    images = images[:cfg.recon.figure_images]
+    std = torch.tensor(conf.data.std).view(1, 3, 1, 1)
+    mean = torch.tensor(conf.data.mean).view(1, 3, 1, 1)
+    levels = list(cfg.recon.levels)
+    n = images.shape[0]
+    fig, axes = plt.subplots(len(levels), 3 * n, figsize=(0.9 * 3 * n, 1.0 * len(levels)), squeeze=False)
+    for r, lv in enumerate(levels):
+        cols = [("input", images * std + mean)]
+        for kind in UNPOOLS:
+            sub, ckpt = checkpoints[f"{kind}_from_{lv}"]
+            cols.append((kind.upper(), _reconstruct(sub, ckpt, images) + mean))
+        for c in range(n):
+            for j, (title, batch) in enumerate(cols):
+                ax = axes[r][3 * c + j]
+                ax.imshow(batch[c].clamp(0, 1).permute(1, 2, 0).numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(title, fontsize=6)
+        axes[r][0].set_ylabel(lv, fontsize=7)
+    fig.suptitle("reconstructions from each level: input | SAE (fixed unpooling) | SWWAE (switches)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _log_summary(cfg: DictConfig, table: str, figure) -> None:
+    out = Path(cfg.output_dir)
+    (out / "recon_table.md").write_text(table)
+    figure.savefig(out / "recon_levels.png", dpi=120)
+    plt.close(figure)
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    mlflow.set_experiment(cfg.logger.experiment)
+    with mlflow.start_run(run_name="recon study summary", tags={"summary": "true", "study": "recon"}):
+        mlflow.log_artifact(str(out / "recon_table.md"), "report")
+        mlflow.log_artifact(str(out / "recon_levels.png"), "report")
