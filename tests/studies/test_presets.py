@@ -1,0 +1,59 @@
+"""Each experiment preset runs for a few steps on tiny data."""
+import mlflow
+import pytest
+from omegaconf import OmegaConf
+
+from recondec.config import validate
+from recondec.run import JobInfo, run_job
+from recondec.studies.recon import run_recon_study
+
+TINY = ["data.train_limit=64", "data.val_limit=32", "schedule.batch_size=32", "backbone.width=0.125",
+        "backbone.classifier_width=16", "trainer.max_steps_per_epoch=2", "trainer.recon_images=2"]
+
+
+def test_joint_fmnist_preset_is_the_papers_grid_at_cpu_scale(compose_cfg):
+    cfg = compose_cfg("experiment=joint_fmnist", return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.variant.split(",") == ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first",
+                                         "swwae_all", "swwae_layerwise"]
+    assert params["trainer.seed"] == "0,1,2"
+    conf = validate(compose_cfg("experiment=joint_fmnist"))
+    assert (conf.data.name, conf.backbone.name, conf.backbone.image_size) == ("fashion_mnist", "vgg16_small", 32)
+    assert conf.loss.weights["image"] == 1e-4  # the reference weights
+
+
+def test_joint_fmnist_preset_runs(compose_cfg, tmp_path):
+    overrides = ["experiment=joint_fmnist", "variant=swwae_layerwise", "schedule.joint.epochs=1", *TINY]
+    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    assert result.metrics["val/top1"] >= 0 and "val/psnr/pool4" in result.metrics
+    assert mlflow.get_run(result.run_id).data.tags["variant"] == "swwae_layerwise"
+
+
+@pytest.mark.timeout(300)
+def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose_cfg, tmp_path, monkeypatch):
+    import recondec.studies.recon as recon
+
+    monkeypatch.setattr(recon, "REPO_ROOT", tmp_path)  # the classifier cache goes to the temp folder
+    overrides = ["experiment=recon_fmnist", "recon.classifier_epochs=1", "recon.decoder_epochs=1",
+                 "recon.levels=[pool4,fc7]", "recon.figure_images=2", *TINY]
+    cfg = compose_cfg(*overrides)
+    results = run_recon_study(cfg, JobInfo(overrides=overrides))
+    assert set(results) == {"sae_from_pool4", "swwae_from_pool4", "sae_from_fc7", "swwae_from_fc7"}
+    assert all({"val/mse/image", "val/psnr/image"} <= set(m) for m in results.values())
+    table = (tmp_path / "recon_table.md").read_text()
+    assert "| pool4 |" in table and "| fc7 |" in table
+    assert (tmp_path / "recon_levels.png").stat().st_size > 1000
+    cached = list((tmp_path / "multirun" / "classifiers").glob("*/encoder.pt"))
+    assert len(cached) == 1
+    # a second study with the same classifier settings reuses it instead of training again
+    results2 = run_recon_study(compose_cfg(*overrides, "recon.levels=[pool4]"), JobInfo(overrides=overrides))
+    runs = mlflow.search_runs(experiment_names=["recon_fmnist"], output_format="list")
+    assert sum(r.data.tags.get("mlflow.runName") == "classifier" for r in runs) == 1
+    assert set(results2) == {"sae_from_pool4", "swwae_from_pool4"}
+
+
+@pytest.mark.parametrize("preset", ["recon_imagenet_vgg16", "joint_imagenet_vgg16"])
+def test_imagenet_presets_require_local_weights(compose_cfg, tmp_path, preset):
+    cfg = compose_cfg(f"experiment={preset}", f"data.root={tmp_path}")
+    assert OmegaConf.is_missing(cfg.backbone, "pretrained")
+    assert cfg.backbone.name == "vgg16" and cfg.loss.weights.image == 1e-4
