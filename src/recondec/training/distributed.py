@@ -1,0 +1,86 @@
+"""Distributed set-up: processes spawned inside the Hydra job, torchrun, or SLURM tasks (submitit).
+
+`trainer.devices=N` spawns N worker processes from the Hydra job itself, so the config is composed once and
+`-m` sweeps work unchanged. Under torchrun or a SLURM launcher the processes already exist; their rank and
+world size come from the environment. Rank 0 alone logs to MLflow and writes checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_from_launcher() -> DistEnv:
+    """Rank and world size set by torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or by SLURM (SLURM_PROCID, ...)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return DistEnv(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        _slurm_master_address()
+        return DistEnv(int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_LOCALID", 0)),
+                       int(os.environ["SLURM_NTASKS"]))
+    return DistEnv()
+
+
+def _slurm_master_address() -> None:
+    """The first node of the allocation hosts the rendezvous; the port is derived from the job id."""
+    if "MASTER_ADDR" not in os.environ:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        os.environ["MASTER_ADDR"] = env.hostnames[0]
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(env: DistEnv, device: torch.device) -> None:
+    if not env.enabled or dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def spawn(fn: Callable, nprocs: int, *args) -> None:
+    """Run fn(rank, nprocs, *args) in nprocs fresh processes on this machine; errors propagate."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(free_port())
+    mp.spawn(fn, args=(nprocs, *args), nprocs=nprocs, join=True)
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
