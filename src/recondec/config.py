@@ -252,11 +252,16 @@ class TrainerConf(Checked):
     recon_images: int = 8               # images in each reconstruction grid
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     progress: bool = True
+    checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
+    nonfinite: str = "stop"             # a NaN/inf loss: stop (error, last good checkpoint kept) | skip the batch
 
     def check(self) -> None:
         _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "trainer.device",
                  "auto, cpu, cuda or cuda:N", self.device)
+        _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps > 0,
+                 "trainer.checkpoint_every_n_steps", "an integer > 0 or null", self.checkpoint_every_n_steps)
+        _require(self.nonfinite in ("stop", "skip"), "trainer.nonfinite", "stop or skip", self.nonfinite)
 
 
 @dataclass

@@ -1,9 +1,18 @@
 """One job, from a composed config to a tracked result: validate, build, train, log.
 
 ``src/main.py`` calls ``run_job`` with the config Hydra composed; tests call it directly.
+
+Only config errors come before the MLflow run exists; anything that fails later (a bad pretrained file,
+a NaN, out of memory) leaves a FAILED run with its traceback, and in a multirun the other jobs go on.
+
+``resume=auto`` continues the newest valid checkpoint of the same run: first this job's output folder
+(a requeued SLURM job, or ``hydra.run.dir=<old folder>``); if it has none, the output folder of the
+newest MLflow run of the same experiment started with the same overrides (tag ``resume_key``), so that
+rerunning a crashed command with ``resume=auto`` added just works.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -19,6 +28,7 @@ from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
 from recondec.training import checkpoint as ckpt
 from recondec.training.loop import Trainer, resolve_device
+from recondec.training.reliability import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +63,33 @@ def run_name(info: JobInfo) -> str:
     return ",".join(shown) or "defaults"
 
 
+def resume_key(info: JobInfo) -> str:
+    """Names "the same run" across invocations: a hash of the overrides, without those that only say
+    where outputs go or whether to resume."""
+    kept = sorted(o for o in info.overrides if not o.startswith(("resume=", "hydra.", "output_dir=")))
+    return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:16]
+
+
 def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
     from recondec.tracking.mlflow_logger import MlflowTracker
 
     tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
-            "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single"}
+            "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
+            "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve())}
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
                          tags, cfg.data.mean, resume_run_id)
 
 
-def find_resume_state(cfg: Config) -> Optional[dict]:
+def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
-        found = ckpt.find_latest(cfg.output_dir)
+        found = ckpt.find_latest(cfg.output_dir) or _find_in_earlier_runs(cfg, info)
         if found is None:
-            log.info("resume=auto: no valid checkpoint in %s, starting fresh", ckpt.checkpoint_dir(cfg.output_dir))
+            log.info("resume=auto: no valid checkpoint of this run, starting fresh")
             return None
-        log.info("resume=auto: continuing from %s", found[0])
+        log.info("resume=auto: continuing from %s (epoch %d, step %d)", found[0], found[1]["epoch"] + 1,
+                 found[1]["step"])
         return found[1]
     state = ckpt.load_valid(Path(cfg.resume))
     if state is None:
@@ -78,34 +97,51 @@ def find_resume_state(cfg: Config) -> Optional[dict]:
     return state
 
 
-def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
-    cfg = validate(dict_cfg)  # every bad value fails here, before any work
+def _find_in_earlier_runs(cfg: Config, info: JobInfo):
+    from recondec.tracking.mlflow_logger import find_run_dirs
+
+    for folder in find_run_dirs(cfg.logger.tracking_uri, cfg.logger.experiment, "resume_key", resume_key(info)):
+        found = ckpt.find_latest(folder)
+        if found is not None:
+            return found
+    return None
+
+
+def build_trainer(cfg: Config, tracker) -> Trainer:
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
     loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size, cfg.trainer.seed,
                             device=str(device))
     model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(model, cfg.loss, cfg.data.std).to(device)
-    state = find_resume_state(cfg)
+    return Trainer(cfg, model, loss_fn, loaders, device, tracker)
 
+
+def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
+    cfg = validate(dict_cfg)  # every bad value fails here, before any work
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = find_resume_state(cfg, info)
+    # the store is reached before any training: a bad one fails in seconds, and later failures are recorded
     tracker = build_tracker(cfg, info, state.get("mlflow_run_id") if state else None)
-    trainer = Trainer(cfg, model, loss_fn, loaders, device, tracker)
     try:
         if state is None:
             tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True))
-        else:
-            trainer.load_checkpoint(state)
         _log_config_files(tracker, dict_cfg, info, output_dir)
+        trainer = build_trainer(cfg, tracker)
+        if state is not None:
+            trainer.load_checkpoint(state)  # last before training: it restores the RNG streams
         metrics = trainer.fit() if cfg.study != "eval" else {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
         last = ckpt.checkpoint_dir(output_dir) / "last.pt"
         if cfg.logger.log_checkpoint and last.exists():
             tracker.log_artifact(last, "checkpoints")
         tracker.finish()
+    except Preempted as e:
+        tracker.finish(error=e)
+        e.hand_over()  # under submitit: requeue the job and exit
+        raise
     except BaseException as e:
         tracker.finish(error=e, output_dir=output_dir)
         raise

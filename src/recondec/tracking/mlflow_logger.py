@@ -1,9 +1,16 @@
 """MLflow tracking: one run per job, params = the flattened resolved config, per-epoch metrics, figures,
 the config files and the final checkpoint as artifacts. A job that raises is marked FAILED with its
-traceback attached, so a grid shows what went wrong where."""
+traceback attached, so a grid shows what went wrong where; a preempted one KILLED with a ``preempted`` tag,
+until ``resume=auto`` continues it.
+
+Every call to the store is retried with backoff (a locked sqlite file, a restarting server); when the
+retries are used up the job stops with an error naming the store: metrics are never dropped silently.
+The store is reached (and the run created) before any training, so a bad store fails in seconds.
+"""
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Optional
@@ -13,9 +20,30 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from recondec.tracking.figures import error_per_level, reconstruction_grid
+from recondec.training.reliability import Preempted
 
 log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # waits between attempts: five attempts over about 15 s
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store could not be reached or written, even after retries."""
+
+
+def with_retries(what: str, uri: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), retried after each of RETRY_DELAYS_S; then a TrackingError naming the store."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if delay is None:
+                raise TrackingError(f"MLflow tracking store {uri} is unreachable or locked: {what} failed "
+                                    f"{len(RETRY_DELAYS_S) + 1} times ({type(e).__name__}: {e}). Check "
+                                    f"logger.tracking_uri, the disk, and that no other process holds the "
+                                    f"database") from e
+            log.warning("MLflow: %s failed (%s: %s), retrying in %gs", what, type(e).__name__, e, delay)
+            time.sleep(delay)
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -33,60 +61,79 @@ def sanitize(metrics: dict[str, float]) -> dict[str, float]:
     return {k.replace("@", "_"): float(v) for k, v in metrics.items()}
 
 
+def find_run_dirs(tracking_uri: str, experiment: str, tag: str, value: str) -> list[Path]:
+    """The output folders (tag ``output_dir``) of the runs tagged ``tag=value`` in `experiment`, newest first."""
+    client = MlflowClient(tracking_uri)
+    exp = with_retries("looking up the experiment", tracking_uri, client.get_experiment_by_name, experiment)
+    if exp is None:
+        return []
+    runs = with_retries("searching runs", tracking_uri, client.search_runs, [exp.experiment_id],
+                        filter_string=f"tags.{tag} = '{value}'", order_by=["attributes.start_time DESC"])
+    return [Path(r.data.tags["output_dir"]) for r in runs if "output_dir" in r.data.tags]
+
+
 class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str],
                  mean: list[float], resume_run_id: Optional[str] = None):
+        self.uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
-        self._check_store(tracking_uri)
-        mlflow.set_experiment(experiment)
+        self._call("reaching the store", MlflowClient(tracking_uri).search_experiments, max_results=1)
+        self._call("creating the experiment", mlflow.set_experiment, experiment)
         if resume_run_id:
-            self.run = mlflow.start_run(run_id=resume_run_id)
+            self.run = self._call("reopening the run", mlflow.start_run, run_id=resume_run_id)
+            # where the run lives now, so that the next resume=auto finds its newest checkpoints
+            self._call("tagging", mlflow.set_tag, "output_dir", tags["output_dir"])
         else:
-            self.run = mlflow.start_run(run_name=run_name, tags=tags)
+            self.run = self._call("creating the run", mlflow.start_run, run_name=run_name, tags=tags)
         self.run_id = self.run.info.run_id
         self.mean = mean
 
-    @staticmethod
-    def _check_store(uri: str) -> None:
-        """Fail before training, not after hours of it, if the store cannot be written."""
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as e:
-            raise RuntimeError(f"MLflow tracking store {uri} is unreachable or locked: {e}") from e
+    def _call(self, what: str, fn, *args, **kwargs):
+        return with_retries(what, self.uri, fn, *args, **kwargs)
 
     def log_params(self, params: dict[str, Any]) -> None:
         flat = flatten(params)
         existing = self.run.data.params if self.run.data else {}
-        mlflow.log_params({k: v for k, v in flat.items() if k not in existing})
+        self._call("logging params", mlflow.log_params, {k: v for k, v in flat.items() if k not in existing})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(sanitize(metrics), step=step)
+        self._call(f"logging metrics of step {step}", mlflow.log_metrics, sanitize(metrics), step=step)
 
     def log_epoch_figures(self, batch, history: list[dict[str, float]]) -> None:
         for level in batch.recons:
             fig = reconstruction_grid(batch.inputs, batch.recons[level], batch.targets[level], level, self.mean)
-            mlflow.log_figure(fig, f"reconstructions/{level}.png")
+            self._call("logging a figure", mlflow.log_figure, fig, f"reconstructions/{level}.png")
             plt.close(fig)
         fig = error_per_level(history)
-        mlflow.log_figure(fig, "reconstruction_error_per_level.png")
+        self._call("logging a figure", mlflow.log_figure, fig, "reconstruction_error_per_level.png")
         plt.close(fig)
 
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path)
+        self._call(f"logging {path}", mlflow.log_artifact, str(path), artifact_path)
 
     def log_artifacts(self, folder: str | Path, artifact_path: Optional[str] = None) -> None:
-        mlflow.log_artifacts(str(folder), artifact_path)
+        self._call(f"logging {folder}", mlflow.log_artifacts, str(folder), artifact_path)
 
     def finish(self, error: Optional[BaseException] = None, output_dir: Optional[Path] = None) -> None:
         if error is None:
-            mlflow.end_run("FINISHED")
+            self._call("ending the run", mlflow.end_run, "FINISHED")
             return
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+        try:
+            self._record_failure(error, output_dir)
+        except Exception as e:  # the original error matters more; its traceback is in output_dir
+            log.error("could not record the failure in MLflow: %s: %s", type(e).__name__, e)
+
+    def _record_failure(self, error: BaseException, output_dir: Optional[Path]) -> None:
+        if isinstance(error, Preempted):  # not a failure: resume=auto continues this run
+            self._call("tagging", mlflow.set_tag, "preempted", f"{error.signal_name} at step {error.step}")
+            self._call("ending the run", mlflow.end_run, "KILLED")
+            return
+        self._call("tagging", mlflow.set_tag, "error", f"{type(error).__name__}: {error}"[:5000])
         text = "".join(traceback.format_exception(error))
         if output_dir is not None:
             path = Path(output_dir) / "traceback.txt"
             path.write_text(text)
-            mlflow.log_artifact(str(path))
+            self._call("logging the traceback", mlflow.log_artifact, str(path))
         else:
-            mlflow.log_text(text, "traceback.txt")
-        mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            self._call("logging the traceback", mlflow.log_text, text, "traceback.txt")
+        self._call("ending the run", mlflow.end_run, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, validated on load, found again by `resume=auto`.
 
 A checkpoint holds everything needed to continue bit for bit: model, optimiser, LR scheduler, grad
-scaler, epoch and step, the RNG states and the MLflow run id.
+scaler, epoch, step and position within the epoch, the epoch's running loss sums, the RNG states and
+the MLflow run id. Overwriting ``last.pt`` first moves the previous one to ``last.prev.pt``, so a newest
+file damaged after its write (a full disk, a crashed file system) still leaves one to fall back on.
 """
 from __future__ import annotations
 
@@ -20,9 +22,14 @@ REQUIRED_KEYS = ("model", "epoch", "step", "format")
 FORMAT = 1
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
+def previous_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_atomic(state: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
-    half-written file under the final name."""
+    half-written file under the final name. `keep_previous`: the file being replaced becomes
+    `<name>.prev.pt` (its step is older, so `find_latest` only picks it when the newest is unreadable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -30,10 +37,22 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
             torch.save({**state, "format": FORMAT}, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames themselves durable: without it a power cut can bring back the old directory entry."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_valid(path: Path) -> Optional[dict[str, Any]]:

@@ -2,6 +2,11 @@
 
 Stage 1 ("decoder") trains the decoding pathway with the encoder frozen; stage 2 ("joint") trains
 everything on classification + reconstruction. Either can be switched off in ``schedule/``.
+
+Checkpoints are written at the end of every epoch, every ``trainer.checkpoint_every_n_steps`` steps and
+when a preemption signal arrives; one written mid-epoch records how many batches of the epoch are done
+and their running loss sums, so a resumed run skips exactly those batches and ends bit for bit where an
+uninterrupted one would (``trainer.deterministic=true``, memory loader).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from recondec.config import Config
 from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.training import checkpoint as ckpt
 from recondec.training.metrics import EvalMetrics, RunningMeans
+from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
 from recondec.training.schedule import Stage, build_optimizer, build_scheduler, plan_stages
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,10 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
         self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self.batch_in_epoch, self.running = 0, RunningMeans()  # progress within the current epoch
         self.history: list[dict[str, float]] = []
+        self.nonfinite = NonFiniteGuard(cfg.trainer.nonfinite)
+        self.preemption = PreemptionGuard()
         self.ckpt_dir = ckpt.checkpoint_dir(cfg.output_dir)
         self.optimizer = self.scheduler = None
         self._stage: Optional[Stage] = None
@@ -85,7 +94,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict[str, float]:
-        last: dict[str, float] = {}
+        with self.preemption.installed():
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
+        # a run resumed after its last epoch has nothing to train: its result is the last epoch's
+        last = {k: v for k, v in self.history[-1].items() if k != "epoch"} if self.history else {}
         while self.epoch < self.total_epochs:
             stage = self.stage_at(self.epoch)
             if stage is not self._stage:
@@ -110,6 +124,8 @@ class Trainer:
                 if self.tracker:
                     self.tracker.log_metrics(last, step=self.epoch)
                 self.save_checkpoint()
+            # metrics are logged before the checkpoint: a crash in between repeats a log, never loses one
+            self._exit_if_preempted()
         return last
 
     def _autocast(self):
@@ -124,36 +140,63 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
-        stage = self._stage
-        self.loaders.train.set_epoch(self.epoch)
-        running, seen, start = RunningMeans(), 0, time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.total_epochs} [{stage.name}]",
-                   disable=not self.cfg.trainer.progress, leave=False, dynamic_ncols=True)
-        for i, (x, y) in enumerate(self.loaders.train):
+        first = self.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
+        self.loaders.train.set_epoch(self.epoch, skip_batches=first)
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.cfg.trainer.progress,
+                   desc=f"epoch {self.epoch + 1}/{self.total_epochs} [{self._stage.name}]", leave=False,
+                   dynamic_ncols=True)
+        for i, (x, y) in enumerate(self.loaders.train, start=first):
             if i >= self.steps_per_epoch:
                 break
-            x, y = self._to_device(x, y)
+            seen += self.train_step(x, y)
+            self.batch_in_epoch = i + 1
+            bar.update(1)
+            if self.step % self.cfg.trainer.log_every_n_steps == 0:
+                self.nonfinite.verify()
+                means = self.running.compute()  # with verify(), the only host syncs, once per log interval
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
+                                {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
+            self._step_boundary()
+        bar.close()
+        self.nonfinite.verify()
+        metrics = {f"loss/{k}": v for k, v in self.running.compute().items()}
+        metrics["img_per_s"] = seen / max(1e-9, time.perf_counter() - start)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.cfg.trainer.nonfinite == "skip":
+            metrics["skipped_batches"] = self.nonfinite.skipped
+        self.batch_in_epoch, self.running = 0, RunningMeans()
+        return metrics
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """One optimiser step (skipped for a non-finite loss with trainer.nonfinite=skip); returns the batch size."""
+        x, y = self._to_device(x, y)
+        with oom_hint("training step", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device):
             with self._autocast():
                 out = self.model(x, decode=self.model.decoder is not None)
                 terms = self.loss_fn(out, x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(terms["total"]).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            running.update(terms)
-            seen += x.shape[0]
-            bar.update(1)
-            if self.step % self.cfg.trainer.log_every_n_steps == 0:
-                means = running.compute()  # the only host sync, once per log interval
-                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
-                                {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
-        bar.close()
-        metrics = {f"loss/{k}": v for k, v in running.compute().items()}
-        metrics["img_per_s"] = seen / max(1e-9, time.perf_counter() - start)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        return metrics
+            if self.nonfinite.admit(terms, self.step + 1):
+                self.scaler.scale(terms["total"]).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.running.update(terms)
+        self.scheduler.step()  # a skipped batch still advances the LR schedule, which counts batches
+        self.step += 1
+        return x.shape[0]
+
+    def _step_boundary(self) -> None:
+        """The periodic mid-epoch checkpoint (the epoch's last step gets the end-of-epoch one) and the
+        preemption exit."""
+        every = self.cfg.trainer.checkpoint_every_n_steps
+        periodic = bool(every) and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
+        if periodic or self.preemption.requested:
+            self.save_checkpoint()
+        self._exit_if_preempted()
+
+    def _exit_if_preempted(self) -> None:
+        if self.preemption.requested:
+            raise self.preemption.exception(self.step)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], Optional[VisualBatch]]:
@@ -163,7 +206,8 @@ class Trainer:
         bar = tqdm(self.loaders.val, desc="validate", disable=not self.cfg.trainer.progress, leave=False)
         for x, y in bar:
             x, y = self._to_device(x, y)
-            with self._autocast():
+            with oom_hint("validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device), \
+                    self._autocast():
                 out = self.model(x)
                 terms = self.loss_fn(out, x, y)
             targets = {**out.targets, "image": self.loss_fn.image_target(x)}
@@ -179,13 +223,16 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "stage": self._stage.name, "epoch": self.epoch, "step": self.step, "best_top1": self.best_top1,
+                "batch_in_epoch": self.batch_in_epoch, "skipped_batches": self.nonfinite.skipped,
+                "running": {"sums": {k: v.cpu() for k, v in self.running.sums.items()}, "count": self.running.count},
                 "history": self.history, "rng": ckpt.rng_state(),
                 "mlflow_run_id": getattr(self.tracker, "run_id", None)}
 
     def save_checkpoint(self, also_as: Optional[str] = None) -> Path:
+        self.nonfinite.verify()  # never replace the last good checkpoint by one written after a NaN
         state = self.state()
         path = self.ckpt_dir / "last.pt"
-        ckpt.save_atomic(state, path)
+        ckpt.save_atomic(state, path, keep_previous=True)
         if also_as:
             ckpt.save_atomic(state, self.ckpt_dir / also_as)
         return path
@@ -195,6 +242,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_top1, self.history = state.get("best_top1", -1.0), state.get("history", [])
+        self.batch_in_epoch, self.nonfinite.skipped = state.get("batch_in_epoch", 0), state.get("skipped_batches", 0)
+        running = state.get("running", {"sums": {}, "count": 0})
+        self.running.sums = {k: v.to(self.device) for k, v in running["sums"].items()}
+        self.running.count = running["count"]
         if self.epoch < self.total_epochs:
             stage = self.stage_at(self.epoch)
             self.enter_stage(stage)
@@ -203,4 +254,4 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
-        log.info("resumed at epoch %d (step %d)", self.epoch, self.step)
+        log.info("resumed at epoch %d, batch %d (step %d)", self.epoch + 1, self.batch_in_epoch, self.step)
