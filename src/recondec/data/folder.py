@@ -1,0 +1,110 @@
+"""The torchvision fallback: ImageFolder + DataLoader with the ffcv loaders' transforms and normalisation.
+
+Same files, classes and indices as the .beton writer (class folders sorted as ImageFolder sorts them, a flat
+val/ folder through its label file) and the same RGB conversion (recondec.data.beton.open_rgb). Unlike the
+writer it does not skip bad images: a broken file raises in a worker, which DataLoader reports.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from recondec.config import DataConf
+from recondec.data import Loaders
+from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
+
+
+def train_transform(size: int, mean, std) -> Callable:
+    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def val_transform(size: int, mean, std) -> Callable:
+    return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+class _ClassFolder(ImageFolder):
+    """ImageFolder whose classes come from train/, so val/ keeps the indices even when it lacks a class."""
+
+    def __init__(self, root: str, classes: list[str], transform: Callable):
+        self._classes = classes
+        super().__init__(root, transform=transform, loader=open_rgb, allow_empty=True)
+
+    def find_classes(self, directory):
+        return self._classes, {c: i for i, c in enumerate(self._classes)}
+
+
+class _Listed(Dataset):
+    """A flat folder plus a label file; files without a valid label are left out, as the writer reports them."""
+
+    def __init__(self, samples: list[tuple[str, int]], num_classes: int, transform: Callable):
+        self.samples = [(p, y) for p, y in samples if label_problem(y, num_classes) is None]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(open_rgb(path)), label
+
+
+def image_dataset(root: str, split: str, classes: list[str], transform: Callable) -> Dataset:
+    split_dir = Path(root) / split
+    if split_dir.is_dir() and any(p.is_dir() for p in split_dir.iterdir()):
+        return _ClassFolder(str(split_dir), classes, transform)
+    return _Listed(list_split(root, split, classes).samples, len(classes), transform)
+
+
+class FolderLoader:
+    """DataLoader with the loader protocol: set_epoch forwards to the DistributedSampler and skips batches."""
+
+    def __init__(self, loader: DataLoader, sampler: Optional[DistributedSampler], seed: int):
+        self.loader, self.sampler, self.seed = loader, sampler, seed
+        self.skip_batches = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        elif self.loader.generator is not None:  # reseeded: an epoch's order is a function of (seed, epoch)
+            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        skip, self.skip_batches = self.skip_batches, 0
+        for i, batch in enumerate(self.loader):
+            if i >= skip:  # the sample order is kept; skipped batches are still decoded
+                yield batch
+
+
+def _loader(dataset: Dataset, data: DataConf, batch_size: int, seed: int, train: bool, rank: int,
+            world_size: int) -> FolderLoader:
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                 drop_last=train) if world_size > 1 else None
+    generator = torch.Generator().manual_seed(seed * 100_003) if train and sampler is None else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                        generator=generator, drop_last=train, num_workers=data.num_workers,
+                        persistent_workers=data.num_workers > 0, pin_memory=torch.cuda.is_available())
+    return FolderLoader(loader, sampler, seed)
+
+
+def _limit(dataset: Dataset, n: Optional[int]) -> Dataset:
+    return dataset if n is None or n >= len(dataset) else Subset(dataset, range(n))
+
+
+def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
+                         world_size: int = 1) -> Loaders:
+    classes = list_classes(Path(data.root) / "train")
+    train = _limit(image_dataset(data.root, "train", classes, train_transform(image_size, data.mean, data.std)),
+                   data.train_limit)
+    val = _limit(image_dataset(data.root, "val", classes, val_transform(image_size, data.mean, data.std)),
+                 data.val_limit)
+    return Loaders(_loader(train, data, batch_size, seed, True, rank, world_size),
+                   _loader(val, data, batch_size, seed, False, rank, world_size), len(train), len(val))
