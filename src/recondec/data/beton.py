@@ -61,8 +61,8 @@ class WriteResult:
         if self.up_to_date:
             return f"{self.path}: up to date ({self.written} images), skipped writing"
         extra = f", {self.empty_dirs} empty class folders" if self.empty_dirs else ""
-        return (f"{self.path}: {self.written} written + {self.skipped} skipped = {self.found} files found{extra}"
-                f" (report: {self.report})")
+        report = f" (report: {self.report})" if self.report else ""
+        return f"{self.path}: {self.written} written + {self.skipped} skipped = {self.found} found{extra}{report}"
 
 
 # ---------------------------------------------------------------- reading and converting one image
@@ -343,8 +343,10 @@ def _write_beton(path: Path, source, opts: FFCVConf, max_sample_bytes: int) -> N
     from ffcv.writer import DatasetWriter
 
     tmp, errors = _tmp(path), _tmp(path, ".errors")
-    writer = DatasetWriter(str(tmp), _fields(opts), page_size=page_size(len(source), max_sample_bytes),
-                           num_workers=worker_count(opts))
+    pages = page_size(len(source), max_sample_bytes)
+    # every writer process fills pages of its own: a set that fits in one page gets one process
+    workers = 1 if len(source) * max_sample_bytes < pages else worker_count(opts)
+    writer = DatasetWriter(str(tmp), _fields(opts), page_size=pages, num_workers=workers)
     try:
         writer.from_indexed_dataset(source, chunksize=64)
         if errors.exists():
