@@ -124,7 +124,7 @@ def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state = find_resume_state(cfg, info)
-    # the store is reached before any training: a bad one fails in seconds, and later failures are recorded
+    # the store is reached before any training: a bad one fails early, and every later failure is recorded
     tracker = build_tracker(cfg, info, state.get("mlflow_run_id") if state else None)
     try:
         if state is None:
@@ -139,6 +139,8 @@ def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
             tracker.log_artifact(last, "checkpoints")
         tracker.finish()
     except Preempted as e:
+        log.warning("%s to %s; exit status %d. Continue with resume=auto (submitit requeues by itself)", e,
+                    ckpt.checkpoint_dir(output_dir) / "last.pt", e.code)
         tracker.finish(error=e)
         e.hand_over()  # under submitit: requeue the job and exit
         raise

@@ -5,7 +5,8 @@ until ``resume=auto`` continues it.
 
 Every call to the store is retried with backoff (a locked sqlite file, a restarting server); when the
 retries are used up the job stops with an error naming the store: metrics are never dropped silently.
-The store is reached (and the run created) before any training, so a bad store fails in seconds.
+The store is reached (and the run created) before any training, so a bad store fails within a minute or
+two (sqlite itself waits 20 s on a lock at each attempt), not after hours of training.
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store could not be reached or written, even after retries."""
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:500]  # sqlalchemy appends the whole SQL statement
+
+
 def with_retries(what: str, uri: str, fn, *args, **kwargs):
     """fn(*args, **kwargs), retried after each of RETRY_DELAYS_S; then a TrackingError naming the store."""
     for delay in (*RETRY_DELAYS_S, None):
@@ -39,10 +44,10 @@ def with_retries(what: str, uri: str, fn, *args, **kwargs):
         except Exception as e:
             if delay is None:
                 raise TrackingError(f"MLflow tracking store {uri} is unreachable or locked: {what} failed "
-                                    f"{len(RETRY_DELAYS_S) + 1} times ({type(e).__name__}: {e}). Check "
+                                    f"{len(RETRY_DELAYS_S) + 1} times ({type(e).__name__}: {_first_line(e)}). Check "
                                     f"logger.tracking_uri, the disk, and that no other process holds the "
                                     f"database") from e
-            log.warning("MLflow: %s failed (%s: %s), retrying in %gs", what, type(e).__name__, e, delay)
+            log.warning("MLflow: %s failed (%s: %s), retrying in %gs", what, type(e).__name__, _first_line(e), delay)
             time.sleep(delay)
 
 
@@ -63,12 +68,13 @@ def sanitize(metrics: dict[str, float]) -> dict[str, float]:
 
 def find_run_dirs(tracking_uri: str, experiment: str, tag: str, value: str) -> list[Path]:
     """The output folders (tag ``output_dir``) of the runs tagged ``tag=value`` in `experiment`, newest first."""
-    client = MlflowClient(tracking_uri)
-    exp = with_retries("looking up the experiment", tracking_uri, client.get_experiment_by_name, experiment)
-    if exp is None:
-        return []
-    runs = with_retries("searching runs", tracking_uri, client.search_runs, [exp.experiment_id],
-                        filter_string=f"tags.{tag} = '{value}'", order_by=["attributes.start_time DESC"])
+    def search():
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        return client.search_runs([exp.experiment_id], filter_string=f"tags.{tag} = '{value}'",
+                                  order_by=["attributes.start_time DESC"]) if exp else []
+
+    runs = with_retries("searching earlier runs", tracking_uri, search)
     return [Path(r.data.tags["output_dir"]) for r in runs if "output_dir" in r.data.tags]
 
 
@@ -77,7 +83,7 @@ class MlflowTracker:
                  mean: list[float], resume_run_id: Optional[str] = None):
         self.uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
-        self._call("reaching the store", MlflowClient(tracking_uri).search_experiments, max_results=1)
+        self._call("reaching the store", lambda: MlflowClient(tracking_uri).search_experiments(max_results=1))
         self._call("creating the experiment", mlflow.set_experiment, experiment)
         if resume_run_id:
             self.run = self._call("reopening the run", mlflow.start_run, run_id=resume_run_id)

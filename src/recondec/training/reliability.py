@@ -38,7 +38,7 @@ class Preempted(SystemExit):
         return signal.Signals(self.signum).name
 
     def __str__(self) -> str:
-        return f"{self.signal_name} received: checkpoint written at step {self.step}, exiting to be requeued"
+        return f"{self.signal_name} received: checkpoint of step {self.step} written"
 
     def hand_over(self) -> None:
         """Call the handler that was installed before ours (submitit's requeue, which exits itself)."""
