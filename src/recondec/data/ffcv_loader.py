@@ -89,26 +89,31 @@ class GuardedLoader:
                 yield images.float(), labels.reshape(-1).long()
         finally:
             relay.stop()
-            if hasattr(source, "close"):  # also when the consumer breaks early: ffcv would wait for __del__
+            if isinstance(source, threading.Thread):  # ffcv's EpochIterator; else it would wait for __del__
                 source.close()
 
     def _next_batch(self, relay: "_Relay", source):
         """The next batch, None at the end; LoaderStalled past the deadline or as soon as ffcv's thread died."""
         relay.request()
-        start = time.monotonic()
+        start = dead_since = time.monotonic()
         while (reply := relay.reply(self.poll_s)) is None:
-            cause = _thread_errors.get(source) if isinstance(source, threading.Thread) else None
-            if cause is not None or time.monotonic() - start > self.timeout_s:
-                raise self._stalled(cause) from cause
+            worker = source if isinstance(source, threading.Thread) else None
+            cause = _thread_errors.get(worker) if worker is not None else None
+            if worker is None or worker.is_alive():
+                dead_since = time.monotonic()
+            # a finished worker has queued its end marker: dead and silent for a while means it died
+            died = time.monotonic() - dead_since > 10 * self.poll_s
+            if cause is not None or died or time.monotonic() - start > self.timeout_s:
+                raise self._stalled(cause, died) from cause
         kind, value = reply
         if kind == "error":
             raise value
         return value if kind == "item" else None
 
-    def _stalled(self, cause: Optional[BaseException]) -> LoaderStalled:
-        if cause is not None:
-            return LoaderStalled(f"the ffcv loader of {self.fname} failed in a worker thread: "
-                                 f"{type(cause).__name__}: {cause}")
+    def _stalled(self, cause: Optional[BaseException], died: bool = False) -> LoaderStalled:
+        if cause is not None or died:
+            what = f"{type(cause).__name__}: {cause}" if cause is not None else "it died (error not captured)"
+            return LoaderStalled(f"the ffcv loader of {self.fname} failed in a worker thread: {what}")
         return LoaderStalled(f"the ffcv loader of {self.fname} delivered no batch within {self.timeout_s:g} s "
                              "(data.ffcv.batch_timeout_s): an ffcv worker probably failed (ffcv swallows their "
                              "errors); check the file, or rewrite it with src/prepare.py")
