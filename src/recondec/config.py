@@ -254,6 +254,7 @@ class TrainerConf(Checked):
     progress: bool = True
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
     nonfinite: str = "stop"             # a NaN/inf loss: stop (error, last good checkpoint kept) | skip the batch
+    devices: int = 1                    # >1: spawn that many DDP processes inside the job (gloo on CPU, NCCL on GPU)
 
     def check(self) -> None:
         _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)
@@ -262,6 +263,7 @@ class TrainerConf(Checked):
         _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps > 0,
                  "trainer.checkpoint_every_n_steps", "an integer > 0 or null", self.checkpoint_every_n_steps)
         _require(self.nonfinite in ("stop", "skip"), "trainer.nonfinite", "stop or skip", self.nonfinite)
+        _require(self.devices >= 1, "trainer.devices", "an integer >= 1", self.devices)
 
 
 @dataclass
@@ -329,4 +331,7 @@ def validate(cfg: DictConfig) -> Config:
         if isinstance(e.__cause__, ConfigError):
             raise e.__cause__ from None
         raise
+    per_rank, rest = divmod(obj.schedule.batch_size, obj.trainer.devices)
+    _require(rest == 0 and per_rank > 0, "schedule.batch_size",
+             f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)", obj.schedule.batch_size)
     return obj

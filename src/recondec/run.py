@@ -27,6 +27,8 @@ from recondec.config import Config, validate
 from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
 from recondec.training import checkpoint as ckpt
+from recondec.training import distributed
+from recondec.training.distributed import DistEnv
 from recondec.training.loop import Trainer, resolve_device
 from recondec.training.reliability import Preempted
 
@@ -107,30 +109,75 @@ def _find_in_earlier_runs(cfg: Config, info: JobInfo):
     return None
 
 
-def build_trainer(cfg: Config, tracker) -> Trainer:
-    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+class NullTracker:
+    """What ranks other than 0 log to: nothing (one MLflow run per job, whatever the number of processes)."""
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def rank_device(cfg: Config, env: DistEnv) -> torch.device:
     device = resolve_device(cfg.trainer.device)
-    loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size, cfg.trainer.seed,
-                            device=str(device))
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def build_trainer(cfg: Config, tracker, env: DistEnv = DistEnv()) -> Trainer:
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    device = rank_device(cfg, env)
+    distributed.init_process_group(env, device)
+    # schedule.batch_size is the global batch: each rank takes its share of every global batch
+    loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size // env.world_size,
+                            cfg.trainer.seed, device=str(device), rank=env.rank, world_size=env.world_size)
     model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(model, cfg.loss, cfg.data.std).to(device)
-    return Trainer(cfg, model, loss_fn, loaders, device, tracker)
+    return Trainer(cfg, model, loss_fn, loaders, device, tracker if env.is_main else None, env)
 
 
-def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
+def run_job(dict_cfg: DictConfig, info: JobInfo, env: Optional[DistEnv] = None) -> JobResult:
     cfg = validate(dict_cfg)  # every bad value fails here, before any work
+    env = env or distributed.env_from_launcher()  # torchrun / SLURM tasks are ranks already
+    if cfg.trainer.devices > 1 and not env.enabled:
+        return spawn_job(dict_cfg, info, cfg.trainer.devices)
+    try:
+        return _run_rank(dict_cfg, cfg, info, env)
+    finally:
+        distributed.shutdown()
+
+
+def spawn_job(dict_cfg: DictConfig, info: JobInfo, devices: int) -> JobResult:
+    """Start `devices` DDP processes from inside this (Hydra) job: the config is composed once, here.
+    It is resolved first, since ${hydra:...} cannot be resolved in the workers."""
+    resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+    distributed.spawn(_rank_main, devices, resolved, info)
+    return JobResult(**torch.load(Path(dict_cfg.output_dir) / "result.pt", weights_only=False))
+
+
+def _rank_main(rank: int, world_size: int, resolved: dict, info: JobInfo) -> None:
+    dict_cfg = OmegaConf.merge(OmegaConf.structured(Config), resolved)
+    env = DistEnv(rank, rank, world_size)
+    result = run_job(dict_cfg, info, env)
+    if env.is_main:
+        torch.save(vars(result), Path(dict_cfg.output_dir) / "result.pt")
+
+
+def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state = find_resume_state(cfg, info)
     # the store is reached before any training: a bad one fails early, and every later failure is recorded
-    tracker = build_tracker(cfg, info, state.get("mlflow_run_id") if state else None)
+    tracker = build_tracker(cfg, info, state.get("mlflow_run_id") if state else None) if env.is_main \
+        else NullTracker()
     try:
         if state is None:
             tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True))
         _log_config_files(tracker, dict_cfg, info, output_dir)
-        trainer = build_trainer(cfg, tracker)
+        trainer = build_trainer(cfg, tracker, env)
         if state is not None:
             trainer.load_checkpoint(state)  # last before training: it restores the RNG streams
         metrics = trainer.fit() if cfg.study != "eval" else {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
@@ -148,7 +195,8 @@ def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
         tracker.finish(error=e, output_dir=output_dir)
         raise
     result = JobResult(tracker.run_id, metrics, output_dir, last if last.exists() else None)
-    _print_summary(cfg, result)
+    if env.is_main:
+        _print_summary(cfg, result)
     return result
 
 

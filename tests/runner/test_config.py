@@ -18,11 +18,17 @@ def options(group):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_of_every_group_composes_and_validates(compose_cfg, tmp_path, group, option):
     overrides = [f"{group}={option}"]
-    if option in NEEDS_DATA:
+    if option in NEEDS_DATA or "imagenet" in option:
         overrides.append(f"data.root={tmp_path}")
+    if option == "folder":
+        overrides.append("data.num_classes=3")
     cfg = compose_cfg(*overrides)
     if group == "backbone":
         assert cfg.backbone.name == option
+    if "imagenet" in option and group == "experiment":  # these presets demand the user's local weights
+        with pytest.raises(ConfigError, match="backbone.pretrained"):
+            validate(cfg)
+        return
     validate(cfg)
 
 

@@ -1,9 +1,8 @@
 """Each experiment preset runs for a few steps on tiny data."""
 import mlflow
 import pytest
-from omegaconf import OmegaConf
 
-from recondec.config import validate
+from recondec.config import ConfigError, validate
 from recondec.run import JobInfo, run_job
 from recondec.studies.recon import run_recon_study
 
@@ -55,5 +54,10 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
 @pytest.mark.parametrize("preset", ["recon_imagenet_vgg16", "joint_imagenet_vgg16"])
 def test_imagenet_presets_require_local_weights(compose_cfg, tmp_path, preset):
     cfg = compose_cfg(f"experiment={preset}", f"data.root={tmp_path}")
-    assert OmegaConf.is_missing(cfg.backbone, "pretrained")
-    assert cfg.backbone.name == "vgg16" and cfg.loss.weights.image == 1e-4
+    assert cfg.backbone.name == "vgg16" and cfg.loss.weights.image == 1e-4 and cfg.schedule.joint.lr == 1e-3
+    with pytest.raises(ConfigError, match="backbone.pretrained.*existing local file"):
+        validate(cfg)
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"")  # only its existence is checked at validation time
+    assert validate(compose_cfg(f"experiment={preset}", f"data.root={tmp_path}",
+                                f"backbone.pretrained={weights}")).backbone.pretrained == str(weights)

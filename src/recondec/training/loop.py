@@ -22,6 +22,7 @@ from tqdm import tqdm
 from recondec.config import Config
 from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.training import checkpoint as ckpt
+from recondec.training.distributed import DistEnv
 from recondec.training.metrics import EvalMetrics, RunningMeans
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
 from recondec.training.schedule import Stage, build_optimizer, build_scheduler, plan_stages
@@ -55,9 +56,10 @@ def resolve_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, cfg: Config, model: AugmentedNet, loss_fn: AugmentedLoss, loaders, device: torch.device,
-                 tracker: Optional[Tracker] = None):
+                 tracker: Optional[Tracker] = None, env: DistEnv = DistEnv()):
         self.cfg, self.model, self.loss_fn, self.loaders = cfg, model, loss_fn, loaders
-        self.device, self.tracker = device, tracker
+        self.device, self.tracker, self.env = device, tracker, env
+        self.net: torch.nn.Module = model  # what the training step calls: DDP- and/or compile-wrapped
         self.stages = plan_stages(cfg.schedule, model.decoder is not None)
         self.total_epochs = self.stages[-1].end_epoch if self.stages else 0
         self.steps_per_epoch = len(loaders.train)
@@ -85,12 +87,23 @@ class Trainer:
         """Freeze or unfreeze the encoder and give the stage a fresh optimiser and LR schedule."""
         self._stage = stage
         self.model.set_encoder_frozen(stage.conf.freeze_encoder)
+        self.net = self._wrap(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         fused = self.device.type == "cuda"
         self.optimizer = build_optimizer(params, self.cfg.schedule, stage.conf.lr, fused=fused)
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, stage.conf.epochs, self.cfg.schedule)
         log.info("stage %s: epochs %d-%d, lr %g, %s", stage.name, stage.first_epoch + 1, stage.end_epoch,
                  stage.conf.lr, "encoder frozen" if stage.conf.freeze_encoder else "end to end")
+
+    def _wrap(self, model: AugmentedNet) -> torch.nn.Module:
+        """DDP registers only parameters that require grad, so it is re-wrapped whenever a stage (un)freezes."""
+        net: torch.nn.Module = model
+        if self.env.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.trainer.compile:
+            net = torch.compile(net)
+        return net
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict[str, float]:
@@ -161,7 +174,7 @@ class Trainer:
         bar.close()
         self.nonfinite.verify()
         metrics = {f"loss/{k}": v for k, v in self.running.compute().items()}
-        metrics["img_per_s"] = seen / max(1e-9, time.perf_counter() - start)
+        metrics["img_per_s"] = seen * self.env.world_size / max(1e-9, time.perf_counter() - start)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.cfg.trainer.nonfinite == "skip":
             metrics["skipped_batches"] = self.nonfinite.skipped
@@ -173,7 +186,7 @@ class Trainer:
         x, y = self._to_device(x, y)
         with oom_hint("training step", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device):
             with self._autocast():
-                out = self.model(x, decode=self.model.decoder is not None)
+                out = self.net(x, decode=self.model.decoder is not None)
                 terms = self.loss_fn(out, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             if self.nonfinite.admit(terms, self.step + 1):
@@ -230,8 +243,10 @@ class Trainer:
 
     def save_checkpoint(self, also_as: Optional[str] = None) -> Path:
         self.nonfinite.verify()  # never replace the last good checkpoint by one written after a NaN
-        state = self.state()
         path = self.ckpt_dir / "last.pt"
+        if not self.env.is_main:  # rank 0 holds the same weights and writes for everyone
+            return path
+        state = self.state()
         ckpt.save_atomic(state, path, keep_previous=True)
         if also_as:
             ckpt.save_atomic(state, self.ckpt_dir / also_as)

@@ -5,6 +5,8 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from recondec.training.distributed import all_reduce_mean
+
 
 class RunningMeans:
     """Per-key running means of scalar tensors, kept on the device."""
@@ -23,7 +25,8 @@ class RunningMeans:
         if not self.sums:
             return {}
         keys = list(self.sums)
-        values = (torch.stack([self.sums[k] for k in keys]) / max(1, self.count)).tolist()  # one sync
+        means = torch.stack([self.sums[k] for k in keys]) / max(1, self.count)
+        values = all_reduce_mean(means).tolist()  # one sync (and one all-reduce across DDP ranks)
         return dict(zip(keys, values))
 
 
