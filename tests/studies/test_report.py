@@ -42,6 +42,7 @@ def test_report_aggregates_the_last_values_mlflow_stores(store, tmp_path):
     assert (tmp_path / "out" / "accuracy_per_variant.png").stat().st_size > 1000
     summary = mlflow.get_run(run_id)
     assert summary.data.tags["summary"] == "true"
+    assert summary.info.experiment_id == mlflow.get_experiment_by_name("grid").experiment_id
     assert summary.data.metrics["swwae_all/val/top1_mean"] == pytest.approx(mean(TOP1["swwae_all"]))
     assert len(finished_runs(store, "grid")) == 9  # the summary run never counts as a variant run
 

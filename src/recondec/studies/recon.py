@@ -23,6 +23,7 @@ from recondec.config import REPO_ROOT  # noqa: E402
 from recondec.data import build_loaders  # noqa: E402
 from recondec.models import build_model  # noqa: E402
 from recondec.run import JobInfo, run_job  # noqa: E402
+from recondec.tracking.mlflow_logger import set_experiment  # noqa: E402
 
 log = logging.getLogger(__name__)
 UNPOOLS = {"sae": "fixed", "swwae": "switch"}
@@ -144,7 +145,7 @@ def _log_summary(cfg: DictConfig, table: str, figure) -> None:
     figure.savefig(out / "recon_levels.png", dpi=120)
     plt.close(figure)
     mlflow.set_tracking_uri(cfg.logger.tracking_uri)
-    mlflow.set_experiment(cfg.logger.experiment)
+    set_experiment(cfg.logger.tracking_uri, cfg.logger.experiment)
     with mlflow.start_run(run_name="recon study summary", tags={"summary": "true", "study": "recon"}):
         mlflow.log_artifact(str(out / "recon_table.md"), "report")
         mlflow.log_artifact(str(out / "recon_levels.png"), "report")

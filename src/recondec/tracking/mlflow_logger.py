@@ -66,6 +66,24 @@ def sanitize(metrics: dict[str, float]) -> dict[str, float]:
     return {k.replace("@", "_"): float(v) for k, v in metrics.items()}
 
 
+def artifact_root(tracking_uri: str) -> Optional[str]:
+    """Artifacts of a sqlite store live beside the database (<db folder>/mlruns), not in whatever folder a
+    job happened to start in, which is MLflow's default."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def set_experiment(tracking_uri: str, name: str) -> None:
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_root(tracking_uri))
+        except mlflow.exceptions.MlflowException:
+            pass  # a job of the same sweep created it in the meantime
+    mlflow.set_experiment(name)
+
+
 def find_run_dirs(tracking_uri: str, experiment: str, tag: str, value: str) -> list[Path]:
     """The output folders (tag ``output_dir``) of the runs tagged ``tag=value`` in `experiment`, newest first."""
     def search():
@@ -84,7 +102,7 @@ class MlflowTracker:
         self.uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
         self._call("reaching the store", lambda: MlflowClient(tracking_uri).search_experiments(max_results=1))
-        self._call("creating the experiment", mlflow.set_experiment, experiment)
+        self._call("creating the experiment", set_experiment, tracking_uri, experiment)
         if resume_run_id:
             self.run = self._call("reopening the run", mlflow.start_run, run_id=resume_run_id)
             # where the run lives now, so that the next resume=auto finds its newest checkpoints

@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 
+from recondec.tracking.mlflow_logger import set_experiment  # noqa: E402
+
 VARIANT_ORDER = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 SUMMARY_TAG = "summary"
 
@@ -143,6 +145,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path) -> tuple[Pat
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
+    set_experiment(tracking_uri, experiment)
     with mlflow.start_run(run_name=f"report {experiment}", tags={SUMMARY_TAG: "true"}) as run:
         for v, stats in table.items():
             mlflow.log_metrics({f"{v}/{k}_mean": s.mean for k, s in stats.items()})
