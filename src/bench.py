@@ -1,0 +1,160 @@
+"""Benchmarks, one subcommand each.
+
+    python src/bench.py loader                       # ffcv vs torchvision DataLoader on 2,000 synthetic JPEGs
+    python src/bench.py loader --images /data/tree   # on an ImageFolder tree of yours (train/ and val/)
+    python src/bench.py loader --write-mode raw --os-cache --batch-size 128 --workers 2
+
+`loader`: both loaders produce the same batches (RandomResizedCrop to --size px, horizontal flip, normalised
+float32, int64 labels) from the same images with the same batch size and number of workers (ffcv threads,
+DataLoader processes); warm-up epochs (ffcv's compilation, worker start-up) are not timed. Prints images/s of
+each, their ratio, and the .beton's size against the source files'.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package lives next to this file
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode  # noqa: E402
+
+
+# ---------------------------------------------------------------- synthetic photo-like JPEGs
+
+def photo_like(seed: int, label: int, num_classes: int) -> Image.Image:
+    """Smooth random structure at several scales, a class tint and fine grain: JPEG sizes like real photos."""
+    rng = np.random.default_rng(seed)
+    w, h = int(rng.integers(360, 441)), int(rng.integers(310, 391))
+    image = np.zeros((h, w, 3))
+    for cells, weight in ((3, 1.0), (8, 0.5), (24, 0.25), (72, 0.12)):
+        coarse = rng.random((cells, cells, 3))
+        image += weight * np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+            (w, h), Image.Resampling.BICUBIC), dtype=np.float64) / 255
+    tint = np.array([np.cos(2 * np.pi * (label / num_classes + k / 3)) for k in range(3)])
+    image = image / 1.87 + 0.25 * tint + rng.normal(0, 0.03, image.shape)
+    return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+
+
+def _save_one(job: tuple[str, int, int, int]) -> None:
+    path, seed, label, num_classes = job
+    photo_like(seed, label, num_classes).save(path, quality=90)
+
+
+def synthetic_tree(root: Path, num_images: int, num_classes: int, workers: int) -> Path:
+    """<root>/train/<class>/*.jpg (num_images) and a small <root>/val/ (the loaders need one)."""
+    jobs = []
+    for split, n in (("train", num_images), ("val", num_classes)):
+        for i in range(n):
+            label = i % num_classes
+            folder = root / split / f"class_{label:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs.append((str(folder / f"{i:05d}.jpg"), i + (split == "val") * 10 ** 6, label, num_classes))
+    with multiprocessing.Pool(workers) as pool:
+        pool.map(_save_one, jobs, chunksize=32)
+    return root
+
+
+# ---------------------------------------------------------------- loader benchmark
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _epoch(loader, epoch: int) -> tuple[int, float]:
+    loader.set_epoch(epoch)
+    seen, start = 0, time.perf_counter()
+    for _, labels in loader:
+        seen += len(labels)
+    return seen, time.perf_counter() - start
+
+
+def measure(loaders: dict, warmup: int, epochs: int) -> dict[str, list[float]]:
+    """Images/s per timed epoch of each loader; the loaders take turns epoch by epoch, so that a load that
+    comes and goes on the machine weighs on both alike."""
+    rates = {name: [] for name in loaders}
+    for epoch in range(warmup + epochs):
+        for name, loader in loaders.items():
+            seen, seconds = _epoch(loader, epoch)
+            if epoch >= warmup:
+                rates[name].append(seen / seconds)
+    return rates
+
+
+def add_loader_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, help="an ImageFolder tree (train/, val/); default: synthetic JPEGs")
+    p.add_argument("--num-images", type=int, default=2000)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--size", type=int, default=224, help="output size of RandomResizedCrop")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="ffcv threads = DataLoader processes")
+    p.add_argument("--write-mode", choices=[m.value for m in WriteMode], default="jpg")
+    p.add_argument("--max-resolution", type=int, default=256)
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--os-cache", action="store_true", help="ffcv: read through the page cache (mmap)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed epochs")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs")
+    p.add_argument("--workdir", type=Path, help="keep images and .beton here (reused when up to date)")
+
+
+def run_loader(args: argparse.Namespace) -> None:
+    from recondec.data import build_loaders
+    from recondec.data.beton import write_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        root = args.images
+        if root is None:
+            root = work / "images"
+            if not (root / "train").is_dir():
+                print(f"generating {args.num_images} synthetic JPEGs in {root} ...")
+                synthetic_tree(root, args.num_images, args.classes, args.workers)
+        ffcv = FFCVConf(beton_dir=str(work / f"beton-{args.write_mode}-{args.max_resolution}"),
+                        os_cache=args.os_cache, order=Order.random, write_mode=WriteMode(args.write_mode),
+                        max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality,
+                        num_workers=args.workers)
+        num_classes = sum(1 for e in os.scandir(root / "train") if e.is_dir())
+        data = DataConf(name="bench", loader=Loader.ffcv, root=str(root), num_classes=num_classes,
+                        num_workers=args.workers, ffcv=ffcv)
+        written = write_dataset(data)["train"]
+        print(written.summary())
+        loaders = {}
+        for kind in (Loader.ffcv, Loader.torchvision):
+            data.loader = kind
+            loaders[kind.value] = build_loaders(data, args.size, args.batch_size, seed=0).train
+        rates = measure(loaders, args.warmup, args.epochs)
+        report(args, root, Path(written.path), written.written, rates)
+
+
+def report(args, root: Path, beton: Path, n: int, rates: dict[str, list[float]]) -> None:
+    source, packed = _tree_bytes(root / "train"), beton.stat().st_size
+    mean = {name: sum(r) / len(r) for name, r in rates.items()}
+    print(f"\n{n} training images, {args.size} px RandomResizedCrop + flip, normalised float32, batch "
+          f"{args.batch_size}, {args.workers} workers, {args.epochs} timed epochs each after {args.warmup} warm-up")
+    for name, r in rates.items():
+        print(f"  {name:<12} {mean[name]:8.0f} img/s   (epochs: {', '.join(f'{x:.0f}' for x in r)})")
+    print(f"  ratio ffcv / torchvision: {mean['ffcv'] / mean['torchvision']:.2f}x")
+    print(f"  .beton ({args.write_mode}, max {args.max_resolution} px{', os_cache' if args.os_cache else ''}): "
+          f"{packed / 2**20:.1f} MiB vs source JPEGs {source / 2**20:.1f} MiB ({packed / source:.2f}x)")
+
+
+COMMANDS = {"loader": (add_loader_args, run_loader, "ffcv vs torchvision DataLoader throughput")}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, run, help_text) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text))
+        sub.choices[name].set_defaults(run=run)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
