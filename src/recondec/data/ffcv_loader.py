@@ -3,6 +3,9 @@
 Train: RandomResizedCrop in the decoder, then a horizontal flip; val: a centre crop of 224/256 of the shorter
 side, resized. Images are normalised with data.mean / data.std (0-1 scale). On CPU, NormalizeImage comes
 right after the decoder (after ToTorchImage it loops forever, ffcv issue #396) and batches are float32.
+Training batches are channels_last-strided views of ffcv's NHWC buffers (shape (N, 3, S, S) all the same):
+the NHWC -> NCHW copy runs in ffcv's one Python thread and halves the throughput on 2 cores; the trainer's
+`.to(memory_format=...)` makes whatever layout it needs. Validation batches are contiguous.
 On GPU: ToDevice, channels_last and fp16 normalisation on the device (needs cupy), then a cast to float32
 on the device, because every loader hands out float32.
 
@@ -165,7 +168,8 @@ def _on_gpu(device: str) -> bool:
     return device.startswith("cuda") and torch.cuda.is_available()
 
 
-def image_pipeline(decoder, device: str, mean: Sequence[float], std: Sequence[float], flip: bool) -> list:
+def image_pipeline(decoder, device: str, mean: Sequence[float], std: Sequence[float], flip: bool,
+                   channels_last: bool) -> list:
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
 
     mean255, std255 = np.array(mean) * 255, np.array(std) * 255  # NormalizeImage works on the 0-255 scale
@@ -176,7 +180,7 @@ def image_pipeline(decoder, device: str, mean: Sequence[float], std: Sequence[fl
     ops += [NormalizeImage(mean255, std255, np.float32), ToTensor()]  # normalise before ToTensor: see module doc
     if _on_gpu(device):
         ops.append(ToDevice(torch.device(device), non_blocking=True))
-    return ops + [ToTorchImage(channels_last=_on_gpu(device))]
+    return ops + [ToTorchImage(channels_last=channels_last or _on_gpu(device))]
 
 
 def label_pipeline(device: str) -> list:
@@ -244,12 +248,12 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
     train = Loader(paths["train"], order=_order(data, distributed), drop_last=True,
                    indices=_indices(paths["train"], data.train_limit), **common,
                    pipelines={"image": image_pipeline(RandomResizedCropRGBImageDecoder(size), device, data.mean,
-                                                      data.std, flip=True),
+                                                      data.std, flip=True, channels_last=True),
                               "label": label_pipeline(device)})
     val = Loader(paths["val"], order=OrderOption.SEQUENTIAL, drop_last=False,
                  indices=_indices(paths["val"], data.val_limit), **common,
                  pipelines={"image": image_pipeline(CenterCropRGBImageDecoder(size, VAL_CROP_RATIO), device,
-                                                    data.mean, data.std, flip=False),
+                                                    data.mean, data.std, flip=False, channels_last=False),
                             "label": label_pipeline(device)})
     timeout = data.ffcv.batch_timeout_s
     return Loaders(GuardedLoader(train, paths["train"], timeout), GuardedLoader(val, paths["val"], timeout),
