@@ -4,7 +4,8 @@ from statistics import mean, stdev
 import mlflow
 import pytest
 
-from recondec.tracking.report import collect, finished_runs, markdown, verdict, write_report, Stat
+from recondec.tracking.mlflow_logger import set_experiment
+from recondec.tracking.report import collect, finished_runs, verdict, write_report, Stat
 
 TOP1 = {"baseline": [90.0, 90.5, 91.0], "swwae_all": [93.0, 93.2, 92.9], "sae_first": [90.2, 91.1, 89.9]}
 
@@ -13,7 +14,7 @@ TOP1 = {"baseline": [90.0, 90.5, 91.0], "swwae_all": [93.0, 93.2, 92.9], "sae_fi
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("grid")
+    set_experiment(uri, "grid")  # artifacts beside the temp database, never in the working folder
     for variant, values in TOP1.items():
         for seed, top1 in enumerate(values):
             with mlflow.start_run(tags={"variant": variant, "seed": str(seed)}):
