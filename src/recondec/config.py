@@ -255,6 +255,7 @@ class TrainerConf(Checked):
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
     nonfinite: str = "stop"             # a NaN/inf loss: stop (error, last good checkpoint kept) | skip the batch
     devices: int = 1                    # >1: spawn that many DDP processes inside the job (gloo on CPU, NCCL on GPU)
+    ten_crop: bool = False              # also evaluate the final model on 10 crops (the paper's second protocol)
 
     def check(self) -> None:
         _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)

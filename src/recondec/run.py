@@ -131,7 +131,8 @@ def build_trainer(cfg: Config, tracker, env: DistEnv = DistEnv()) -> Trainer:
     distributed.init_process_group(env, device)
     # schedule.batch_size is the global batch: each rank takes its share of every global batch
     loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size // env.world_size,
-                            cfg.trainer.seed, device=str(device), rank=env.rank, world_size=env.world_size)
+                            cfg.trainer.seed, device=str(device), rank=env.rank, world_size=env.world_size,
+                            ten_crop=cfg.trainer.ten_crop)
     model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -170,17 +171,18 @@ def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) ->
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state = find_resume_state(cfg, info)
+    # training continues the checkpoint's MLflow run; an evaluation is a run of its own
+    continued_run = state.get("mlflow_run_id") if state and cfg.study != "eval" else None
     # the store is reached before any training: a bad one fails early, and every later failure is recorded
-    tracker = build_tracker(cfg, info, state.get("mlflow_run_id") if state else None) if env.is_main \
-        else NullTracker()
+    tracker = build_tracker(cfg, info, continued_run) if env.is_main else NullTracker()
     try:
-        if state is None:
-            tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True))
+        if continued_run is None:
+            tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True))
         _log_config_files(tracker, dict_cfg, info, output_dir)
         trainer = build_trainer(cfg, tracker, env)
         if state is not None:
             trainer.load_checkpoint(state)  # last before training: it restores the RNG streams
-        metrics = trainer.fit() if cfg.study != "eval" else {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
+        metrics = trainer.fit() if cfg.study != "eval" else evaluate_only(trainer)
         last = ckpt.checkpoint_dir(output_dir) / "last.pt"
         if cfg.logger.log_checkpoint and last.exists():
             tracker.log_artifact(last, "checkpoints")
@@ -198,6 +200,16 @@ def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) ->
     if env.is_main:
         _print_summary(cfg, result)
     return result
+
+
+def evaluate_only(trainer: Trainer) -> dict[str, float]:
+    """study=eval: the reloaded model on the validation set (and on 10 crops with trainer.ten_crop)."""
+    metrics = {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
+    if trainer.loaders.val_ten_crop is not None:
+        metrics.update({f"val/{k}": v for k, v in trainer.evaluate_ten_crop().items()})
+    if trainer.tracker:
+        trainer.tracker.log_metrics(metrics, step=trainer.epoch)
+    return metrics
 
 
 def _log_config_files(tracker, dict_cfg: DictConfig, info: JobInfo, output_dir: Path) -> None:

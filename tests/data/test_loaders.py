@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from recondec.config import REPO_ROOT, DataConf, Loader, Order
-from recondec.data import build_loaders
+from recondec.data import build_loaders, ten_crop_view_size
 from recondec.data.beton import write_dataset
 from recondec.data.ffcv_loader import GuardedLoader, LoaderStalled, ensure_betons
 
@@ -35,12 +35,12 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ffcv_loaders(tree):
-    return build_loaders(folder_conf(*tree), SIZE, BATCH, seed=0)
+    return build_loaders(folder_conf(*tree), SIZE, BATCH, seed=0, ten_crop=True)
 
 
 @pytest.fixture(scope="module")
 def tv_loaders(tree):
-    return build_loaders(folder_conf(*tree, loader=Loader.torchvision), SIZE, BATCH, seed=0)
+    return build_loaders(folder_conf(*tree, loader=Loader.torchvision), SIZE, BATCH, seed=0, ten_crop=True)
 
 
 def _epoch(loader):
@@ -73,6 +73,25 @@ def test_ffcv_and_torchvision_give_the_same_kind_of_batches(tree, ffcv_loaders, 
     mean_a = torch.cat([x for x, _ in val_a]).mean(dim=(0, 2, 3))
     mean_b = torch.cat([x for x, _ in val_b]).mean(dim=(0, 2, 3))
     assert torch.allclose(mean_a, mean_b, atol=0.1), (mean_a, mean_b)  # same normalisation, same centre crop
+
+
+@timeout
+@pytest.mark.slow
+def test_ten_crop_view_is_the_whole_centre_square_at_256_over_224_scale(ffcv_loaders, tv_loaders):
+    side = ten_crop_view_size(SIZE)
+    assert side == 37 and ten_crop_view_size(224) == 256
+    views = [_epoch(loaders.val_ten_crop) for loaders in (ffcv_loaders, tv_loaders)]
+    for view, loaders in zip(views, (ffcv_loaders, tv_loaders)):
+        assert [tuple(x.shape) for x, _ in view] == [(BATCH, 3, side, side), (4, 3, side, side)]
+        assert _labels(view) == _labels(_epoch(loaders.val))  # the same images in the same order
+    # the view's centre, cropped to SIZE, is close to the single-crop val image (both centre 224/256)
+    centre = (side - SIZE) // 2
+    for view, loaders in zip(views, (ffcv_loaders, tv_loaders)):
+        single = torch.cat([x for x, _ in _epoch(loaders.val)])
+        cropped = torch.cat([x for x, _ in view])[..., centre:centre + SIZE, centre:centre + SIZE]
+        assert (cropped - single).abs().mean() < 0.15
+    ffcv_view, tv_view = (torch.cat([x for x, _ in v]) for v in views)
+    assert (ffcv_view - tv_view).abs().mean() < 0.15  # ffcv and torchvision cut the same square
 
 
 @timeout

@@ -40,6 +40,7 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert run.data.tags["mlflow.runName"] == ",".join(o for o in overrides if not o.startswith("logger."))
     assert run.data.params["variant.name"] == variant and run.data.params["loss.weights.image"] == "0.0001"
+    assert run.data.params["variant.unpool"] in ("fixed", "switch")  # enum values, not "Unpool.fixed"
     metrics = set(run.data.metrics)
     assert {"val/top1", "val/top5", "train/loss/ce", "train/loss/total", "train/img_per_s", "train/lr"} <= metrics
     levels = [] if variant == "baseline" else ["image"] if variant.endswith("first") else \

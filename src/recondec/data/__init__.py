@@ -17,25 +17,36 @@ class Loaders:
     val: Any
     num_train: int
     num_val: int
+    val_ten_crop: Any = None  # the uncropped validation view that 10-crop evaluation cuts its crops from
+
+
+def ten_crop_view_size(image_size: int) -> int:
+    """The side of the image that 10 crops of image_size are cut from: 256 for 224 (the VGG protocol)."""
+    return round(image_size * 256 / 224)
 
 
 def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
-                  rank: int = 0, world_size: int = 1) -> Loaders:
+                  rank: int = 0, world_size: int = 1, ten_crop: bool = False) -> Loaders:
+    """Train and val loaders; with ten_crop, also a val loader of whole images at ten_crop_view_size
+    (the shorter side resized to it, then its centre square)."""
     if data.loader is Loader.memory:
         from recondec.data.builtin import limit, load_builtin
         from recondec.data.memory import MemoryLoader
 
         train, val = load_builtin(data.name, data.root, data.val_fraction)
         train, val = limit(train, data.train_limit), limit(val, data.val_limit)
-        common = dict(image_size=image_size, batch_size=batch_size, mean=data.mean, std=data.std,
-                      rank=rank, world_size=world_size)
-        return Loaders(MemoryLoader(train, shuffle=True, seed=seed, drop_last=True, **common),
-                       MemoryLoader(val, shuffle=False, **common), len(train.labels), len(val.labels))
+        common = dict(batch_size=batch_size, mean=data.mean, std=data.std, rank=rank, world_size=world_size)
+        loaders = Loaders(MemoryLoader(train, image_size, shuffle=True, seed=seed, drop_last=True, **common),
+                          MemoryLoader(val, image_size, shuffle=False, **common), len(train.labels), len(val.labels))
+        if ten_crop:
+            loaders.val_ten_crop = MemoryLoader(val, ten_crop_view_size(image_size), shuffle=False, **common)
+        return loaders
     if data.loader is Loader.ffcv:
         from recondec.data.ffcv_loader import build_ffcv_loaders
 
         return build_ffcv_loaders(data, image_size, batch_size, seed, device=device, rank=rank,
-                                  world_size=world_size)
+                                  world_size=world_size, ten_crop=ten_crop)
     from recondec.data.folder import build_folder_loaders
 
-    return build_folder_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size)
+    return build_folder_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size,
+                                ten_crop=ten_crop)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recondec.config import DataConf, Order
-from recondec.data import Loaders
+from recondec.data import Loaders, ten_crop_view_size
 from recondec.data.beton import BUILTIN, beton_path, prepare_command, write_dataset
 
 VAL_CROP_RATIO = 224 / 256
@@ -236,7 +236,7 @@ def ensure_betons(data: DataConf) -> dict[str, str]:
 
 
 def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
-                       rank: int = 0, world_size: int = 1) -> Loaders:
+                       rank: int = 0, world_size: int = 1, ten_crop: bool = False) -> Loaders:
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
@@ -250,11 +250,20 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
                    pipelines={"image": image_pipeline(RandomResizedCropRGBImageDecoder(size), device, data.mean,
                                                       data.std, flip=True, channels_last=True),
                               "label": label_pipeline(device)})
-    val = Loader(paths["val"], order=OrderOption.SEQUENTIAL, drop_last=False,
-                 indices=_indices(paths["val"], data.val_limit), **common,
-                 pipelines={"image": image_pipeline(CenterCropRGBImageDecoder(size, VAL_CROP_RATIO), device,
-                                                    data.mean, data.std, flip=False, channels_last=False),
-                            "label": label_pipeline(device)})
     timeout = data.ffcv.batch_timeout_s
-    return Loaders(GuardedLoader(train, paths["train"], timeout), GuardedLoader(val, paths["val"], timeout),
-                   len(train.indices), len(val.indices))
+
+    def val_loader(side: int, crop_ratio: float) -> GuardedLoader:
+        """The centre square of crop_ratio x the shorter side, resized to side x side."""
+        loader = Loader(paths["val"], order=OrderOption.SEQUENTIAL, drop_last=False,
+                        indices=_indices(paths["val"], data.val_limit), **common,
+                        pipelines={"image": image_pipeline(CenterCropRGBImageDecoder((side, side), crop_ratio),
+                                                           device, data.mean, data.std, flip=False,
+                                                           channels_last=False),
+                                   "label": label_pipeline(device)})
+        return GuardedLoader(loader, paths["val"], timeout)
+
+    val = val_loader(image_size, VAL_CROP_RATIO)
+    loaders = Loaders(GuardedLoader(train, paths["train"], timeout), val, len(train.indices), val.num_samples)
+    if ten_crop:
+        loaders.val_ten_crop = val_loader(ten_crop_view_size(image_size), 1.0)
+    return loaders

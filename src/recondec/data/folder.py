@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf
-from recondec.data import Loaders
+from recondec.data import Loaders, ten_crop_view_size
 from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
 
 
@@ -23,8 +23,9 @@ def train_transform(size: int, mean, std) -> Callable:
     return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 
 
-def val_transform(size: int, mean, std) -> Callable:
-    return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+def val_transform(size: int, mean, std, crop_ratio: float = 224 / 256) -> Callable:
+    """The shorter side resized to size / crop_ratio, then the centre size x size crop."""
+    return T.Compose([T.Resize(round(size / crop_ratio)), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
 
 
 class _ClassFolder(ImageFolder):
@@ -100,11 +101,19 @@ def _limit(dataset: Dataset, n: Optional[int]) -> Dataset:
 
 
 def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
-                         world_size: int = 1) -> Loaders:
+                         world_size: int = 1, ten_crop: bool = False) -> Loaders:
     classes = list_classes(Path(data.root) / "train")
     train = _limit(image_dataset(data.root, "train", classes, train_transform(image_size, data.mean, data.std)),
                    data.train_limit)
-    val = _limit(image_dataset(data.root, "val", classes, val_transform(image_size, data.mean, data.std)),
-                 data.val_limit)
-    return Loaders(_loader(train, data, batch_size, seed, True, rank, world_size),
-                   _loader(val, data, batch_size, seed, False, rank, world_size), len(train), len(val))
+
+    def val_loader(transform: Callable) -> FolderLoader:
+        val = _limit(image_dataset(data.root, "val", classes, transform), data.val_limit)
+        return _loader(val, data, batch_size, seed, False, rank, world_size)
+
+    val = val_loader(val_transform(image_size, data.mean, data.std))
+    loaders = Loaders(_loader(train, data, batch_size, seed, True, rank, world_size), val, len(train),
+                      len(val.loader.dataset))
+    if ten_crop:
+        view = ten_crop_view_size(image_size)
+        loaders.val_ten_crop = val_loader(val_transform(view, data.mean, data.std, crop_ratio=1.0))
+    return loaders

@@ -23,7 +23,7 @@ from recondec.config import Config
 from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.training import checkpoint as ckpt
 from recondec.training.distributed import DistEnv
-from recondec.training.metrics import EvalMetrics, RunningMeans
+from recondec.training.metrics import EvalMetrics, RunningMeans, ten_crop_probs
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
 from recondec.training.schedule import Stage, build_optimizer, build_scheduler, plan_stages
 
@@ -126,6 +126,8 @@ class Trainer:
                 is_best = val["top1"] > self.best_top1
                 self.best_top1 = max(self.best_top1, val["top1"])
                 last["val/best_top1"] = self.best_top1
+                if self.epoch == self.total_epochs and self.loaders.val_ten_crop is not None:
+                    last.update({f"val/{k}": v for k, v in self.evaluate_ten_crop().items()})
                 self.history.append({"epoch": self.epoch, **last})
                 if self.tracker:
                     self.tracker.log_metrics(last, step=self.epoch)
@@ -230,6 +232,22 @@ class Trainer:
                 visual = VisualBatch(x[:n] * self.loss_fn.image_std, {k: v[:n] for k, v in out.recons.items()},
                                      {k: targets[k][:n] for k in out.recons})
         return metrics.compute(), visual
+
+    @torch.no_grad()
+    def evaluate_ten_crop(self) -> dict[str, float]:
+        """Top-1 / top-5 of softmax averaged over 10 crops of each uncropped validation image."""
+        self.model.eval()
+        metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
+        size = self.cfg.backbone.image_size
+        for x, y in tqdm(self.loaders.val_ten_crop, desc="validate (10 crops)", disable=not self.cfg.trainer.progress,
+                         leave=False):
+            x, y = self._to_device(x, y)
+            with oom_hint("10-crop validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision,
+                          self.device), self._autocast():
+                probs = ten_crop_probs(lambda c: self.model(c, decode=False).logits, x, size)
+            metrics.update(probs, y, {}, {}, {})
+        out = metrics.compute()
+        return {"top1_10crop": out["top1"], "top5_10crop": out["top5"]}
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:

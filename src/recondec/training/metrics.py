@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchvision.transforms.v2.functional import ten_crop
 
 from recondec.training.distributed import all_reduce_mean
 
@@ -28,6 +29,13 @@ class RunningMeans:
         means = torch.stack([self.sums[k] for k in keys]) / max(1, self.count)
         values = all_reduce_mean(means).tolist()  # one sync (and one all-reduce across DDP ranks)
         return dict(zip(keys, values))
+
+
+def ten_crop_probs(classify, images: torch.Tensor, size: int) -> torch.Tensor:
+    """Class probabilities averaged over 10 crops of size x size: the 4 corners and the centre of the image,
+    then of its mirror image (the VGG / Caffe ``oversample`` protocol). `classify` maps images to logits."""
+    crops = ten_crop(images, [size, size])
+    return torch.stack([classify(c).float().softmax(dim=-1) for c in crops]).mean(dim=0)
 
 
 def _ssim_kernel(size: int) -> int:
