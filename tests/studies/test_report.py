@@ -20,7 +20,7 @@ def store(tmp_path):
             with mlflow.start_run(tags={"variant": variant, "seed": str(seed)}):
                 mlflow.log_metrics({"val/top1": top1 - 1, "val/top5": 99.0}, step=1)  # an earlier epoch
                 mlflow.log_metrics({"val/top1": top1, "val/top5": 99.5 + seed / 10, "val/mse/image": 0.01 * (seed + 1),
-                                    "train/img_per_s": 100.0 + seed}, step=2)
+                                    "train/img_per_s": 100.0 + seed, "val/top1_10crop": top1 + 0.5}, step=2)
     with mlflow.start_run(tags={"variant": "baseline"}) as failed:
         mlflow.log_metric("val/top1", 10.0)
     mlflow.MlflowClient(uri).set_terminated(failed.info.run_id, "FAILED")
@@ -38,6 +38,8 @@ def test_report_aggregates_the_last_values_mlflow_stores(store, tmp_path):
     path, run_id = write_report(store, "grid", tmp_path / "out")
     text = path.read_text()
     assert f"{mean(TOP1['swwae_all']):.2f} ± {stdev(TOP1['swwae_all']):.2f}" in text
+    assert "| top-1 10-crop (%) |" in text.splitlines()[2]
+    assert f"{mean(TOP1['swwae_all']) + 0.5:.2f} ± {stdev(TOP1['swwae_all']):.2f}" in text
     assert "within the noise" in text.split("sae_first")[1].splitlines()[0]
     assert "above the baseline" in text.split("swwae_all")[1].splitlines()[0]
     assert (tmp_path / "out" / "accuracy_per_variant.png").stat().st_size > 1000

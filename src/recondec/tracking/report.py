@@ -22,6 +22,9 @@ from recondec.tracking.mlflow_logger import set_experiment  # noqa: E402
 
 VARIANT_ORDER = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 SUMMARY_TAG = "summary"
+# single centre crop, then 10 crops (trainer.ten_crop) where the runs have them
+ACCURACY = {"val/top1": "top-1 (%)", "val/top5": "top-5 (%)", "val/top1_10crop": "top-1 10-crop (%)",
+            "val/top5_10crop": "top-5 10-crop (%)"}
 
 
 @dataclass
@@ -60,7 +63,7 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
     table: dict[str, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
     for run in runs:
         for key, value in run.data.metrics.items():
-            if key in ("val/top1", "val/top5", "train/img_per_s") or key.startswith(("val/mse/", "val/psnr/")):
+            if key in ACCURACY or key == "train/img_per_s" or key.startswith(("val/mse/", "val/psnr/")):
                 table[run.data.tags["variant"]][key].values.append(value)
     return table
 
@@ -88,13 +91,15 @@ def levels_of(table) -> list[str]:
 def markdown(table, experiment: str) -> str:
     levels = levels_of(table)
     seeds = max((s["val/top1"].n for s in table.values()), default=0)
-    head = ["variant", "runs", "top-1 (%)", "top-5 (%)", *[f"MSE {lv}" for lv in levels], "img/s", "top-1 vs baseline"]
+    accuracy = [k for k in ACCURACY if any(k in s for s in table.values())]
+    head = ["variant", "runs", *[ACCURACY[k] for k in accuracy], *[f"MSE {lv}" for lv in levels], "img/s",
+            "top-1 vs baseline"]
     lines = [f"# {experiment}: mean ± std over up to {seeds} seeds", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = table.get("baseline", {}).get("val/top1")
     for v in ordered(table):
         s = table[v]
-        cells = [v, str(s["val/top1"].n), s["val/top1"].fmt(), s["val/top5"].fmt(),
+        cells = [v, str(s["val/top1"].n), *[s[k].fmt() for k in accuracy],
                  *[s[f"val/mse/{lv}"].fmt(4) if f"val/mse/{lv}" in s else "-" for lv in levels],
                  s["train/img_per_s"].fmt(0),
                  "-" if base is None or v == "baseline" else verdict(s["val/top1"], base)]
