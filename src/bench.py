@@ -1,8 +1,17 @@
 """Benchmarks, one subcommand each.
 
+    python src/bench.py train                        # a training step per variant, default config (CPU size)
+    python src/bench.py train backbone=vgg16 trainer=gpu schedule.batch_size=64   # any Hydra overrides
+    python src/bench.py profile backbone=vgg16       # parameters and forward FLOPs per variant
     python src/bench.py loader                       # ffcv vs torchvision DataLoader on 2,000 synthetic JPEGs
     python src/bench.py loader --images /data/tree   # on an ImageFolder tree of yours (train/ and val/)
     python src/bench.py loader --write-mode raw --os-cache --batch-size 128 --workers 2
+
+`train`: the real training step (Trainer.train_epoch, joint stage: every parameter trains) on one synthetic
+batch that already sits on the device, for the baseline and each variant, one after another in one process;
+the baseline runs first and again last, and the ratios use the mean of the two (their difference is printed
+as the noise of the measurement). Prints img/s, forward GFLOPs per image, the step-time ratio over the
+baseline next to the FLOPs ratio, and on GPU the achieved TFLOP/s and MFU against the bf16 peak.
 
 `loader`: both loaders produce the same batches (RandomResizedCrop to --size px, horizontal flip, normalised
 float32, int64 labels) from the same images with the same batch size and number of workers (ffcv threads,
@@ -143,7 +152,76 @@ def report(args, root: Path, beton: Path, n: int, rates: dict[str, list[float]])
           f"{packed / 2**20:.1f} MiB vs source JPEGs {source / 2**20:.1f} MiB ({packed / source:.2f}x)")
 
 
-COMMANDS = {"loader": (add_loader_args, run_loader, "ffcv vs torchvision DataLoader throughput")}
+# ---------------------------------------------------------------- training step and profile
+
+VARIANTS = "baseline,sae_first,sae_all,sae_layerwise,swwae_first,swwae_all,swwae_layerwise"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variants", default=VARIANTS, help="comma-separated variants (the baseline is always included)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. backbone=vgg16 trainer=gpu")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, compilation)")
+
+
+def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
+    """variant -> composed config (the baseline first), with the user's overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from recondec.config import CONF_DIR, register_schema
+
+    register_schema()
+    names = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return {v: compose("config", overrides=[*args.overrides, f"variant={v}", f"output_dir={output_dir}"])
+                for v in names}
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from recondec.training.benchmark import bench_variant, format_table, mean_of_runs
+    from recondec.training.loop import resolve_device
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs = compose_variants(args, tmp)
+        first = next(iter(cfgs.values()))
+        print(f"training step: backbone={first.backbone.name} at {first.backbone.image_size} px, batch "
+              f"{first.schedule.batch_size}, {first.trainer.precision}, {resolve_device(first.trainer.device)}; "
+              f"{args.steps} timed steps after {args.warmup} warm-up")
+        rows = []
+        for name, cfg in [*cfgs.items(), ("baseline", cfgs["baseline"])]:  # the baseline again at the end
+            rows.append(bench_variant(cfg, args.steps, args.warmup))
+            print(f"  {name:<16} {rows[-1].img_per_s:10.1f} img/s", flush=True)
+    base_first, base_last = rows[0], rows.pop()
+    print(f"baseline first / last: {base_first.img_per_s:.1f} / {base_last.img_per_s:.1f} img/s "
+          f"({abs(base_first.img_per_s / base_last.img_per_s - 1) * 100:.1f}% apart: the noise of the ratios)\n")
+    rows[0] = mean_of_runs(base_first, base_last)
+    print(format_table(rows))
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    from recondec.config import validate
+    from recondec.models.profile import profile_table
+
+    cfgs = {name: validate(cfg) for name, cfg in compose_variants(args, tempfile.gettempdir()).items()}
+    first = next(iter(cfgs.values()))
+    rows = profile_table(first.backbone, {n: c.variant for n, c in cfgs.items()}, first.data.num_classes)
+    print(f"backbone={first.backbone.name} at {first.backbone.image_size} px, {first.data.num_classes} classes; "
+          "FLOPs of one forward pass of one image (2 per multiply-add)\n")
+    print("| variant | encoder params | decoder params | total params | forward GFLOPs/img | x baseline |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        total = r["encoder_params"] + r["decoder_params"]
+        print(f"| {r['variant']} | {r['encoder_params']:,} | {r['decoder_params']:,} | {total:,} | "
+              f"{r['gflops']:.3f} | {r['gflops'] / rows[0]['gflops']:.2f} |")
+
+
+COMMANDS = {"train": (add_train_args, run_train, "training-step throughput per variant"),
+            "profile": (add_model_args, run_profile, "parameters and forward FLOPs per variant"),
+            "loader": (add_loader_args, run_loader, "ffcv vs torchvision DataLoader throughput")}
 
 
 def main(argv=None) -> None:

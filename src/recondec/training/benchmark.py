@@ -87,6 +87,13 @@ def bench_variant(cfg: DictConfig, steps: int, warmup: int) -> BenchRow:
     return BenchRow(conf.variant.name, img_per_s, flops / 1e9, tflops, tflops / peak if peak else None)
 
 
+def mean_of_runs(a: BenchRow, b: BenchRow) -> BenchRow:
+    """Two measurements of the same variant as one: throughput as the harmonic mean (mean step time)."""
+    img_per_s = 2 / (1 / a.img_per_s + 1 / b.img_per_s)
+    scale = img_per_s / a.img_per_s
+    return BenchRow(a.variant, img_per_s, a.gflops_fwd, a.tflops * scale, a.mfu * scale if a.mfu else None)
+
+
 def format_table(rows: list[BenchRow]) -> str:
     base = rows[0]
     lines = ["| variant | img/s | fwd GFLOPs/img | FLOPs ratio | step-time ratio | within FLOPs ratio +10% | TFLOP/s | MFU |",

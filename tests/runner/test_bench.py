@@ -1,0 +1,54 @@
+"""The benchmark commands: training-step throughput and the parameter / FLOPs profile per variant."""
+import re
+
+import pytest
+import torchvision
+
+import bench
+from recondec.training.benchmark import BenchRow, format_table, mean_of_runs
+
+TINY = ["backbone.width=0.125", "backbone.classifier_width=32", "schedule.batch_size=8", "trainer.device=cpu"]
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_format_table_compares_step_time_with_the_flops_ratio():
+    rows = [BenchRow("baseline", 100.0, 1.0, 0.3, 0.30), BenchRow("fair", 50.0, 2.0, 0.3, 0.30),
+            BenchRow("slow", 40.0, 2.0, 0.24, 0.24)]
+    table = table_rows(format_table(rows))
+    assert table["fair"][2:5] == ["2.00", "2.00", "yes"]  # twice the FLOPs, twice the step time
+    assert table["slow"][2:5] == ["2.00", "2.50", "NO"]   # more than the FLOPs ratio + 10%
+    assert table["slow"][6] == "24.0%"
+
+
+def test_two_measurements_combine_as_the_mean_step_time():
+    row = mean_of_runs(BenchRow("b", 100.0, 1.0, 0.3, 0.3), BenchRow("b", 300.0, 1.0, 0.9, 0.9))
+    assert row.img_per_s == pytest.approx(150.0)  # 1/100 s and 1/300 s per image -> 1/150 s on average
+    assert row.mfu == pytest.approx(0.45)
+
+
+def test_train_benchmark_prints_every_variant_with_its_flops_ratio(capsys):
+    bench.main(["train", "--steps", "2", "--warmup", "1", "--variants", "sae_first,swwae_all", *TINY])
+    out = capsys.readouterr().out
+    table = table_rows(out)
+    assert list(table) == ["baseline", "sae_first", "swwae_all"]
+    assert all(float(cells[0]) > 0 for cells in table.values())
+    assert table["baseline"][2] == "1.00"
+    for variant in ("sae_first", "swwae_all"):  # the same mirrored decoder: about twice the baseline's FLOPs
+        assert 1.5 < float(table[variant][2]) < 2.5
+    assert re.search(r"baseline first / last: [\d.]+ / [\d.]+ img/s", out)
+
+
+def test_profile_counts_vgg16_parameters_and_flops_at_224(capsys):
+    bench.main(["profile", "--variants", "sae_all,swwae_all", "backbone=vgg16"])
+    table = table_rows(capsys.readouterr().out)
+    expected = sum(p.numel() for p in torchvision.models.vgg16(num_classes=10).parameters())
+    for variant in ("baseline", "sae_all", "swwae_all"):
+        assert int(table[variant][0].replace(",", "")) == expected
+    assert table["baseline"][1] == "0"
+    assert table["sae_all"][1] == table["swwae_all"][1] != "0"  # same decoder, different unpooling
+    assert float(table["baseline"][3]) == pytest.approx(30.95, rel=0.01)  # VGG-16: 15.5 G multiply-adds
+    assert 1.9 < float(table["swwae_all"][4]) < 2.1  # the mirrored decoder costs about as much as the encoder
