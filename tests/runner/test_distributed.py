@@ -1,4 +1,7 @@
-"""DDP on CPU (gloo): two processes follow the one-process trajectory; one MLflow run per job."""
+"""DDP on CPU (gloo): two processes follow the one-process trajectory; one MLflow run per job; ranks from
+torchrun or SLURM; the SLURM launcher config."""
+import os
+
 import mlflow
 import pytest
 import torch
@@ -41,3 +44,37 @@ def test_batch_size_must_split_over_devices(compose_cfg):
 
     with pytest.raises(ConfigError, match="schedule.batch_size"):
         validate(compose_cfg("trainer.devices=3", "schedule.batch_size=32"))
+
+
+def test_slurm_launcher_config_composes_with_one_task_per_gpu(compose_cfg):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 4  # one task, one DDP rank, per GPU
+    assert launcher.partition == "gpu" and launcher.max_num_timeout > 0  # requeued after preemption
+    plugin = instantiate(launcher)
+    assert type(plugin).__name__ == "SlurmLauncher" and plugin.params["tasks_per_node"] == 4
+
+
+def test_ranks_come_from_torchrun_or_slurm(monkeypatch):
+    from recondec.training.distributed import DistEnv, env_from_launcher
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+                "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert env_from_launcher() == DistEnv()  # a plain process: one rank
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_PROCID", "9")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    monkeypatch.setenv("MASTER_ADDR", "node001")  # submitit's JobEnvironment gives the first host otherwise
+    env = env_from_launcher()
+    assert (env.rank, env.local_rank, env.world_size, env.is_main) == (9, 1, 16, False)
+    assert int(os.environ["MASTER_PORT"]) == 20000 + 123456 % 20000  # the same on every task
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert env_from_launcher() == DistEnv(3, 3, 4)  # torchrun's variables win
