@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from recondec.config import validate
+from recondec.data import Loaders
 from recondec.models import build_loss, build_model
 from recondec.models.profile import forward_flops
 from recondec.training.loop import Trainer, resolve_device
@@ -37,14 +38,6 @@ class SyntheticLoader:
     def __iter__(self):
         for _ in range(self.steps):
             yield self.x, self.y
-
-
-@dataclass
-class Loaders:
-    train: SyntheticLoader
-    val: SyntheticLoader
-    num_train: int
-    num_val: int
 
 
 @dataclass
