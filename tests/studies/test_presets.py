@@ -61,3 +61,61 @@ def test_imagenet_presets_require_local_weights(compose_cfg, tmp_path, preset):
     weights.write_bytes(b"")  # only its existence is checked at validation time
     assert validate(compose_cfg(f"experiment={preset}", f"data.root={tmp_path}",
                                 f"backbone.pretrained={weights}")).backbone.pretrained == str(weights)
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory):
+    """A tiny ImageNet-shaped tree (train/ and val/ class folders) and a torchvision VGG-16 state dict saved to a
+    local file, standing in for the IMAGENET1K_V1 weights."""
+    import torch
+    import torchvision
+
+    from ..data.conftest import good_tree
+
+    base = tmp_path_factory.mktemp("imagenet")
+    torch.manual_seed(0)
+    weights = base / "vgg16.pth"
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), weights)
+    return good_tree(base / "tree", per_class=(4, 2)), weights
+
+
+# the presets as they are, on CPU at 32 px, with the torchvision loader (the ffcv loaders have their own tests)
+IMAGENET_ON_CPU = ["data.loader=torchvision", "data.num_workers=0", "trainer.device=cpu", "trainer.precision=fp32",
+                   "trainer.channels_last=false", "backbone.image_size=32", "schedule.batch_size=4",
+                   "trainer.max_steps_per_epoch=1", "trainer.progress=false", "trainer.recon_images=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_joint_imagenet_preset_fine_tunes_the_pretrained_vgg16_and_evaluates_on_10_crops(compose_cfg, imagenet_like):
+    import torch
+
+    tree, weights = imagenet_like
+    overrides = ["experiment=joint_imagenet_vgg16", f"data.root={tree}", f"backbone.pretrained={weights}",
+                 "variant=swwae_all", "schedule.decoder.epochs=1", "schedule.joint.epochs=1", *IMAGENET_ON_CPU]
+    cfg = compose_cfg(*overrides)
+    assert (cfg.schedule.optimizer, cfg.schedule.lr_schedule, cfg.trainer.ten_crop) == ("sgd", "step", True)
+    result = run_job(cfg, JobInfo(overrides=overrides))
+    assert {"val/top1", "val/top5", "val/top1_10crop", "val/top5_10crop", "val/psnr/image"} <= set(result.metrics)
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["backbone.pretrained"] == str(weights)
+    # fine-tuned from the given weights: after one decoder-only step and one joint SGD step at lr 1e-3 the
+    # encoder is still within 1e-2 of them (another initialisation would be about 0.1 away)
+    start = torch.load(weights)["features.0.weight"]
+    tuned = torch.load(result.checkpoint, weights_only=False)["model"]["encoder.features.0.weight"]
+    assert not torch.equal(tuned, start) and (tuned - start).abs().max() < 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_recon_imagenet_preset_trains_decoders_on_the_frozen_pretrained_vgg16(compose_cfg, tmp_path, imagenet_like):
+    import torch
+
+    tree, weights = imagenet_like
+    overrides = ["experiment=recon_imagenet_vgg16", f"data.root={tree}", f"backbone.pretrained={weights}",
+                 "recon.decoder_epochs=1", "recon.levels=[fc8]", "recon.figure_images=2", *IMAGENET_ON_CPU]
+    results = run_recon_study(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    assert set(results) == {"sae_from_fc8", "swwae_from_fc8"}  # fc8 -> fc layers -> the whole conv decoder
+    assert "| fc8 |" in (tmp_path / "recon_table.md").read_text()
+    frozen = torch.load(tmp_path / "swwae_from_fc8" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert torch.equal(frozen["encoder.features.0.weight"], torch.load(weights)["features.0.weight"])
