@@ -12,9 +12,8 @@ register_schema()
 VARIANTS = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 
 
-@pytest.fixture
-def compose_cfg(tmp_path):
-    """compose_cfg(*overrides) -> DictConfig, with outputs and the MLflow database under tmp_path."""
+def make_composer(tmp_path):
+    """compose(*overrides) -> DictConfig, with outputs and the MLflow database under tmp_path."""
 
     def _compose(*overrides: str, return_hydra_config: bool = False):
         GlobalHydra.instance().clear()
@@ -24,3 +23,9 @@ def compose_cfg(tmp_path):
                                                 *overrides], return_hydra_config=return_hydra_config)
 
     return _compose
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides) -> DictConfig, with outputs and the MLflow database under tmp_path."""
+    return make_composer(tmp_path)
