@@ -3,6 +3,7 @@
     python src/bench.py train                        # a training step per variant, default config (CPU size)
     python src/bench.py train backbone=vgg16 trainer=gpu schedule.batch_size=64   # any Hydra overrides
     python src/bench.py profile backbone=vgg16       # parameters and forward FLOPs per variant
+    python src/bench.py terms backbone=vgg16 backbone.image_size=224 input=caffe   # does each loss term act?
     python src/bench.py loader                       # ffcv vs torchvision DataLoader on 2,000 synthetic JPEGs
     python src/bench.py loader --images /data/tree   # on an ImageFolder tree of yours (train/ and val/)
     python src/bench.py loader --write-mode raw --os-cache --batch-size 128 --workers 2
@@ -219,7 +220,28 @@ def run_profile(args: argparse.Namespace) -> None:
               f"{r['gflops']:.3f} | {r['gflops'] / rows[0]['gflops']:.2f} |")
 
 
+def add_terms_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batches", type=int, default=2, help="training batches to average over")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. backbone=vgg16 input=caffe loss=reference")
+
+
+def run_terms(args: argparse.Namespace) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from recondec.config import CONF_DIR, register_schema, validate
+    from recondec.training.term_shares import format_term_table, measure_term_shares
+
+    register_schema()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = validate(compose("config", overrides=[*args.overrides, f"output_dir={tempfile.gettempdir()}"]))
+    print(f"backbone={cfg.backbone.name} at {cfg.backbone.image_size} px ({cfg.backbone.pretrained or 'its init'}), "
+          f"variant={cfg.variant.name}, loss {cfg.loss.form.value} form, input mean {cfg.data.mean} std {cfg.data.std} "
+          f"{cfg.backbone.channel_order.value.upper()}; {args.batches} batches of {cfg.schedule.batch_size}\n")
+    print(format_term_table(*measure_term_shares(cfg, args.batches)))
+
+
 COMMANDS = {"train": (add_train_args, run_train, "training-step throughput per variant"),
+            "terms": (add_terms_args, run_terms, "each loss term's size and share of loss and gradient"),
             "profile": (add_model_args, run_profile, "parameters and forward FLOPs per variant"),
             "loader": (add_loader_args, run_loader, "ffcv vs torchvision DataLoader throughput")}
 

@@ -74,6 +74,11 @@ class LRSchedule(str, enum.Enum):
     cosine = "cosine"
 
 
+class ChannelOrder(str, enum.Enum):
+    rgb = "rgb"  # torchvision's weights
+    bgr = "bgr"  # Caffe-converted weights (input=caffe)
+
+
 class Loader(str, enum.Enum):
     memory = "memory"          # whole data set as tensors (built-in sets): fast and bit-deterministic
     ffcv = "ffcv"              # .beton files through ffcv
@@ -101,6 +106,7 @@ class BackboneConf(Checked):
     dropout: float = 0.5
     classifier_width: int = 4096        # fc6 / fc7 units
     pretrained: Optional[str] = None    # local path to a torchvision-format state dict
+    channel_order: ChannelOrder = ChannelOrder.rgb  # what the weights expect; the data stays RGB
 
     def check(self) -> None:
         from recondec.models.backbones import BACKBONES  # late import: config must not need torch
@@ -155,10 +161,40 @@ class StageConf(Checked):
     epochs: int = 0
     lr: float = 0.01
     freeze_encoder: bool = False
+    # true: the LR is chosen when the stage starts, by the supplement's rule for decoder LRs (an LR range test
+    # over schedule.pretrain.lr_candidates, largest loss drop); for a stage with the encoder frozen
+    probe_lr: bool = False
 
     def check(self) -> None:
         _require(self.epochs >= 0, "schedule.<stage>.epochs", "an integer >= 0", self.epochs)
         _require(self.lr > 0, "schedule.<stage>.lr", "a learning rate > 0", self.lr)
+        _require(not self.probe_lr or self.freeze_encoder, "schedule.<stage>.probe_lr",
+                 "true only for a stage with freeze_encoder=true (it probes the decoder)", self.probe_lr)
+
+
+@dataclass
+class PretrainConf(Checked):
+    """Layer-wise decoder pre-training, the reference's warm start for the stacked decoders: every decoder block
+    reconstructs the level below from the frozen encoder's clean activation (and switches), loss weight 1 in the
+    reference (sum) form, one LR per block; the stacked decoder then starts from those blocks."""
+    epochs: int = 0                     # 0: off
+    # LR per block, keyed by the level the block decodes from (its macro-layer's output: pool1 .. pool5), for the
+    # sum-form loss. A block without an entry gets the supplement's rule: an LR range test (below).
+    lrs: dict[str, float] = field(default_factory=dict)
+    lr_candidates: list[float] = field(default_factory=lambda: [10.0 ** -k for k in range(0, 13)])
+    probe_steps: int = 20               # per candidate; the LR with the largest loss drop wins
+    probe_batches: int = 4              # training batches the probe cycles through (their features are cached)
+
+    freeze_encoder = True  # not a config key: pre-training never touches the encoder
+
+    def check(self) -> None:
+        _require(self.epochs >= 0, "schedule.pretrain.epochs", "an integer >= 0", self.epochs)
+        for level, lr in self.lrs.items():
+            _require(lr > 0, f"schedule.pretrain.lrs.{level}", "a learning rate > 0", lr)
+        _require(bool(self.lr_candidates) and min(self.lr_candidates) > 0, "schedule.pretrain.lr_candidates",
+                 "a non-empty list of learning rates > 0", self.lr_candidates)
+        _require(self.probe_steps >= 2 and self.probe_batches >= 1, "schedule.pretrain.probe_steps",
+                 "probe_steps >= 2 and probe_batches >= 1", (self.probe_steps, self.probe_batches))
 
 
 @dataclass
@@ -171,7 +207,11 @@ class ScheduleConf(Checked):
     warmup_epochs: float = 0.0
     step_epochs: list[int] = field(default_factory=list)   # for lr_schedule=step: epochs at which lr *= step_gamma
     step_gamma: float = 0.1
+    bias_lr_mult: float = 1.0           # Caffe's lr_mult for biases (2 in the reference VGG recipe)
+    bias_decay_mult: float = 1.0        # Caffe's decay_mult for biases (0 in the reference VGG recipe)
+    # stage 0: decoder blocks one by one on clean activations (the warm start; 0 epochs = off);
     # stage 1: decoders only (encoder frozen); stage 2: everything jointly
+    pretrain: PretrainConf = field(default_factory=PretrainConf)
     decoder: StageConf = field(default_factory=lambda: StageConf(epochs=0, lr=0.01, freeze_encoder=True))
     joint: StageConf = field(default_factory=lambda: StageConf(epochs=1, lr=0.01, freeze_encoder=False))
 
@@ -179,8 +219,10 @@ class ScheduleConf(Checked):
         _require(self.batch_size > 0, "schedule.batch_size", "an integer > 0", self.batch_size)
         _require(self.weight_decay >= 0, "schedule.weight_decay", "a value >= 0", self.weight_decay)
         _require(self.warmup_epochs >= 0, "schedule.warmup_epochs", "a value >= 0", self.warmup_epochs)
-        _require(self.decoder.epochs + self.joint.epochs > 0, "schedule.joint.epochs",
-                 "at least one epoch over both stages", self.joint.epochs)
+        _require(self.pretrain.epochs + self.decoder.epochs + self.joint.epochs > 0, "schedule.joint.epochs",
+                 "at least one epoch over all stages", self.joint.epochs)
+        _require(self.bias_lr_mult > 0 and self.bias_decay_mult >= 0, "schedule.bias_lr_mult/bias_decay_mult",
+                 "lr mult > 0 and decay mult >= 0", (self.bias_lr_mult, self.bias_decay_mult))
 
 
 @dataclass

@@ -24,14 +24,21 @@ def test_torchvision_state_dict_loads_and_gives_identical_logits(tmp_path, name,
     assert set(model.encoder.state_dict()) == set(reference.state_dict())
 
 
-def test_caffe_alexnet_loads_torchvision_weights_where_shapes_match(tmp_path):
-    reference = torchvision.models.alexnet(weights=None)
-    path = tmp_path / "alexnet.pth"
-    torch.save(reference.state_dict(), path)
-    encoder = build_encoder("alexnet_caffe", 1000, 227)
-    skipped = load_pretrained(encoder, str(path))
-    assert skipped and all(k.startswith("features.") for k in skipped)  # the convs have Caffe widths
-    assert torch.equal(encoder.classifier[1].weight, reference.classifier[1].weight)
+def test_caffe_alexnet_loads_its_own_layout_where_shapes_match_and_refuses_torchvision_weights(tmp_path):
+    # its classifier is Linear, ReLU, Dropout, ... (dropout after relu6 / relu7): torchvision's fc indices
+    # (classifier.1 / .4) do not exist, and its convs (Caffe widths, groups) match no torchvision tensor anyway
+    tv = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tv)
+    with pytest.raises(ValueError, match="not a state dict of this backbone"):
+        load_pretrained(build_encoder("alexnet_caffe", 1000, 227, classifier_width=64), str(tv))
+    source = build_encoder("alexnet_caffe", 1000, 227, classifier_width=64)
+    own = tmp_path / "alexnet_caffe.pth"
+    torch.save(source.state_dict(), own)
+    encoder = build_encoder("alexnet_caffe", 10, 227, classifier_width=64)
+    skipped = load_pretrained(encoder, str(own))
+    assert skipped == ["classifier.6.weight", "classifier.6.bias"]  # another class count: fc8 keeps its init
+    assert torch.equal(encoder.features[3].weight, source.features[3].weight)
+    assert torch.equal(encoder.classifier[0].weight, source.classifier[0].weight)
 
 
 def test_foreign_state_dict_is_refused(tmp_path):
@@ -57,6 +64,43 @@ def test_alexnet_levels_and_overlapping_pools():
     assert [m.name for m in enc.macro_layers] == ["pool1", "pool2", "conv3", "conv4", "pool5"]
     assert [m.pool is not None and m.pool.overlapping for m in enc.macro_layers] == [True, True, False, False, True]
     assert enc.top_shape(227) == (256, 6, 6)
+
+
+def test_caffe_alexnet_groups_dropout_and_initialisation_follow_the_reference():
+    torch.manual_seed(0)
+    enc = build_encoder("alexnet_caffe", 10, 227, classifier_width=512)
+    convs = [m for m in enc.features if isinstance(m, nn.Conv2d)]
+    assert [c.groups for c in convs] == [1, 2, 1, 2, 2]  # Caffe group 2 on conv2, conv4, conv5
+    assert [c.groups for m in enc.macro_layers for c in m.convs] == [1, 2, 1, 2, 2]  # the description says so
+    assert [type(m) for m in enc.classifier] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
+    assert enc.fc_taps == {"fc6": 1, "fc7": 4}  # the ReLU outputs, before each dropout
+    # Caffe fillers: conv N(0, 0.01^2), fc6/fc7 N(0, 0.005^2), fc8 N(0, 0.01^2); biases 0.1 on conv2/4/5, fc6/7
+    fcs = [m for m in enc.classifier if isinstance(m, nn.Linear)]
+    assert all(m.bias.unique().numel() == 1 for m in convs + fcs)
+    assert [m.bias[0].item() for m in convs + fcs] == pytest.approx([0.0, 0.1, 0.0, 0.1, 0.1, 0.1, 0.1, 0.0])
+    stds = [m.weight.std().item() for m in convs + fcs]
+    assert stds == pytest.approx([0.01] * 5 + [0.005, 0.005, 0.01], rel=0.1)
+    # dropout after relu6: in training, fc6 is deterministic and everything from fc7 on is not
+    enc.train()
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        a, b = enc(x), enc(x)
+    assert torch.equal(a.fc["fc6"], b.fc["fc6"]) and not torch.equal(a.fc["fc7"], b.fc["fc7"])
+    assert a.logits.shape == (2, 10) and a.fc["fc7"].shape == (2, 512)
+
+
+def test_caffe_alexnet_parameter_count_with_groups():
+    with torch.device("meta"):
+        enc = build_encoder("alexnet_caffe", 1000, 227)
+    expected = (96 * 3 * 11 * 11 + 96                 # conv1
+                + 256 * (96 // 2) * 5 * 5 + 256       # conv2, group 2: each filter sees half the inputs
+                + 384 * 256 * 3 * 3 + 384             # conv3
+                + 384 * (384 // 2) * 3 * 3 + 384      # conv4, group 2
+                + 256 * (384 // 2) * 3 * 3 + 256      # conv5, group 2
+                + 256 * 6 * 6 * 4096 + 4096           # fc6
+                + 4096 * 4096 + 4096                  # fc7
+                + 4096 * 1000 + 1000)                 # fc8
+    assert sum(p.numel() for p in enc.parameters()) == expected == 60_965_224
 
 
 def test_width_scaled_vgg16_has_13_convs_and_a_head_sized_to_the_input():

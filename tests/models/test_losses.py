@@ -46,3 +46,33 @@ def test_a_missing_weight_names_the_key():
     model = build_model(BackboneConf("vgg16_small", image_size=32, width=0.125, classifier_width=16), v, 5)
     with pytest.raises(ConfigError, match="loss.weights.pool3"):
         build_loss(model, LossConf(weights={"image": 1.0, "pool1": 1.0, "pool2": 1.0}), [0.2] * 3)
+
+
+def _conv1_grad(compose_cfg, variant: str, loss: str) -> torch.Tensor:
+    """conv1_1's gradient of the whole loss for VGG-16 at 128 px on torchvision-normalised images; the decoder
+    and encoder weights are the same for every variant (same seed, same architecture)."""
+    from recondec.config import validate
+    from recondec.models import build_loss, build_model
+
+    cfg = validate(compose_cfg("backbone=vgg16", "backbone.image_size=128", "backbone.classifier_width=64",
+                               f"variant={variant}", f"loss={loss}", "data.mean=[0.485,0.456,0.406]",
+                               "data.std=[0.229,0.224,0.225]"))
+    torch.manual_seed(0)
+    model = build_model(cfg.backbone, cfg.variant, 10).eval()
+    loss_fn = build_loss(model, cfg.loss, cfg.data.std)
+    torch.manual_seed(1)
+    x01 = torch.rand(2, 3, 128, 128)
+    x = (x01 - torch.tensor(cfg.data.mean).view(1, 3, 1, 1)) / torch.tensor(cfg.data.std).view(1, 3, 1, 1)
+    loss_fn(model(x), x, torch.tensor([0, 1]))["total"].backward()
+    return model.encoder.features[0].weight.grad
+
+
+def test_converted_feature_weights_act_on_the_encoder_and_unconverted_ones_do_not(compose_cfg):
+    """-all differs from -first only by the feature terms. With torchvision inputs the reference weights (set for
+    Caffe's 0-255 activations) move conv1_1's gradient by ~0.003 %; converted (x3,321) by ~10 %."""
+    def feature_effect(loss: str) -> float:
+        first, all_levels = _conv1_grad(compose_cfg, "sae_first", loss), _conv1_grad(compose_cfg, "sae_all", loss)
+        return ((all_levels - first).norm() / first.norm()).item()
+
+    assert feature_effect("reference") < 1e-3
+    assert feature_effect("reference_tv") > 1e-2

@@ -48,6 +48,8 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
     results2 = run_recon_study(compose_cfg(*overrides, "recon.levels=[pool4]"), JobInfo(overrides=overrides))
     runs = mlflow.search_runs(experiment_names=["recon_fmnist"], output_format="list")
     assert sum(r.data.tags.get("mlflow.runName") == "classifier" for r in runs) == 1
+    decoders = [r for r in runs if "_from_" in r.data.tags.get("mlflow.runName", "")]
+    assert decoders and {r.data.params["loss.weights.image"] for r in decoders} == {"1.0"}  # as the reference
     assert set(results2) == {"sae_from_pool4", "swwae_from_pool4"}
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from recondec.config import BackboneConf, LossLevels, Topology, Unpool, VariantConf
+from recondec.config import BackboneConf, ChannelOrder, LossLevels, Topology, Unpool, VariantConf
 from recondec.models.backbones import Encoder, build_encoder, load_pretrained
 from recondec.models.decoders import FCDecoder, LayerwiseDecoder, StackedDecoder, init_decoder, level_name
 
@@ -28,9 +28,10 @@ class AugmentedOutput:
 
 class AugmentedNet(nn.Module):
     def __init__(self, encoder: Encoder, variant: VariantConf, image_size: int, num_classes: int,
-                 fc_width: int = 4096):
+                 fc_width: int = 4096, channel_order: ChannelOrder = ChannelOrder.rgb):
         super().__init__()
         self.encoder, self.variant, self.image_size = encoder, variant, image_size
+        self.bgr = channel_order is ChannelOrder.bgr  # Caffe-converted weights read BGR
         self.decoder = self._build_decoder(variant, fc_width, num_classes)
         if self.decoder is not None:
             init_decoder(self.decoder)
@@ -86,12 +87,15 @@ class AugmentedNet(nn.Module):
         return [] if self.decoder is None else list(self.decoder.parameters())
 
     # ------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, decode: bool = True) -> AugmentedOutput:
+    def forward(self, x: torch.Tensor, decode: bool = True, layerwise: bool = False) -> AugmentedOutput:
+        """layerwise=True: every decoder block on the clean activation of its level (decoder pre-training)."""
         need_switches = decode and self.decoder is not None and self.variant.unpool is Unpool.switch
-        enc = self.encoder(x, need_switches=need_switches)
+        enc = self.encoder(x.flip(1) if self.bgr else x, need_switches=need_switches)
         if not decode or self.decoder is None:
             return AugmentedOutput(enc.logits)
-        recons = self.decoder(enc, (x.shape[-2], x.shape[-1]))
+        recons = self.decoder(enc, (x.shape[-2], x.shape[-1]), layerwise=layerwise)
+        if self.bgr:  # the image pathway speaks the weights' channel order; everything outside the model is RGB
+            recons["image"] = recons["image"].flip(1)
         targets = {m.name: a for m, a in zip(self.encoder.macro_layers, enc.activations) if m.name in recons}
         return AugmentedOutput(enc.logits, recons, targets)
 
@@ -104,7 +108,8 @@ def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) 
         if skipped:
             log.warning("pretrained weights: %d tensors kept their initialisation (shape differs): %s",
                         len(skipped), ", ".join(skipped))
-    return AugmentedNet(encoder, variant, backbone.image_size, num_classes, _fc_width(encoder))
+    return AugmentedNet(encoder, variant, backbone.image_size, num_classes, _fc_width(encoder),
+                        backbone.channel_order)
 
 
 def _fc_width(encoder: Encoder) -> int:

@@ -1,15 +1,16 @@
 """Encoders split into macro-layers, and the backbone registry.
 
 An encoder keeps torchvision's module layout (``features`` / ``avgpool`` / ``classifier``) so a
-torchvision state dict loads unchanged. Its *description* (``macro_layers``) says where each macro-layer
-starts and ends inside ``features`` and which convolutions and pooling it holds; decoders are derived
-from that description alone. A new backbone is one builder function registered in ``BACKBONES`` plus a
-``conf/backbone/<name>.yaml``.
+torchvision state dict loads unchanged (``alexnet_caffe``, the authors' Caffe net, orders its classifier as
+Caffe does). Its *description* (``macro_layers``) says where each macro-layer starts and ends inside
+``features`` and which convolutions and pooling it holds; decoders are derived from that description alone
+(a backbone whose reference decoder is not the mirror of its encoder writes that decoder into it). A new
+backbone is one builder function registered in ``BACKBONES`` plus a ``conf/backbone/<name>.yaml``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,24 @@ class ConvSpec:
     kernel_size: int
     stride: int
     padding: int
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class DecoderConv(ConvSpec):
+    """One decoder layer written out by a backbone whose reference decoder is not the plain mirror of its
+    encoder: in -> out channels, stride 1 a conv, stride > 1 a transposed conv (Caffe's Deconvolution) to the
+    size of the level it reconstructs. Weights start N(0, 0.001^2) like every decoder conv; `bias` is the
+    initial bias."""
+    bias: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecoderFC:
+    """Initialisation of the fc decoder layer that mirrors encoder layer `mirrors` ("fc6", "fc7", "fc8")."""
+    mirrors: str
+    std: float
+    bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,9 @@ class MacroLayer:
     end: int
     convs: tuple[ConvSpec, ...]
     pool: Optional[PoolSpec]
+    # A backbone whose reference decoder is not the mirror of its encoder says so here (alexnet_caffe):
+    decoder_convs: Optional[tuple[DecoderConv, ...]] = None  # g_l in decode order; None: mirror `convs`
+    fc_decoder: tuple[DecoderFC, ...] = ()  # top layer only: init of the fc decoder that produces its output
 
     @property
     def in_channels(self) -> int:
@@ -76,7 +98,8 @@ def describe(features: nn.Sequential, names: list[str]) -> tuple[MacroLayer, ...
     layers, convs, start = [], [], 0
     for i, m in enumerate(features):
         if isinstance(m, nn.Conv2d):
-            convs.append(ConvSpec(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]))
+            convs.append(ConvSpec(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0],
+                                  m.groups))
         is_pool = isinstance(m, nn.MaxPool2d)
         next_is_pool = i + 1 < len(features) and isinstance(features[i + 1], nn.MaxPool2d)
         ends_here = is_pool or (split_on_relu and isinstance(m, nn.ReLU) and not next_is_pool)
@@ -97,10 +120,20 @@ class Encoder(nn.Module):
     """A classifier whose forward also returns every macro-layer output and the pooling switches."""
 
     def __init__(self, features: nn.Sequential, avgpool: nn.Module, classifier: nn.Sequential,
-                 level_names: list[str], fc_taps: dict[str, int]):
+                 level_names: list[str], fc_taps: dict[str, int],
+                 decoder_convs: Optional[Mapping[str, tuple[DecoderConv, ...]]] = None,
+                 fc_decoder: tuple[DecoderFC, ...] = ()):
+        """`decoder_convs` (macro-layer name -> its decoder block) and `fc_decoder` describe a reference
+        decoder that is not the plain mirror of the encoder; decoders are built from `macro_layers` alone."""
         super().__init__()
         self.features, self.avgpool, self.classifier = features, avgpool, classifier
-        self.macro_layers = describe(features, level_names)
+        layers = describe(features, level_names)
+        decoder_convs = dict(decoder_convs or {})
+        if set(decoder_convs) - set(level_names):
+            raise ValueError(f"decoder_convs names {sorted(set(decoder_convs) - set(level_names))}, "
+                             f"not macro-layers of this encoder ({level_names})")
+        layers = tuple(replace(m, decoder_convs=decoder_convs.get(m.name)) for m in layers)
+        self.macro_layers = layers[:-1] + (replace(layers[-1], fc_decoder=tuple(fc_decoder)),)
         self.fc_taps = fc_taps  # name -> index in classifier whose output is that fc activation
 
     def forward(self, x: torch.Tensor, need_switches: bool = False) -> EncoderOutput:
@@ -217,17 +250,43 @@ def build_alexnet(num_classes: int, image_size: int, *, dropout: float = 0.5, **
     return Encoder(net.features, net.avgpool, net.classifier, ALEXNET_LEVELS, ALEXNET_FC_TAPS)
 
 
-def build_alexnet_caffe(num_classes: int, image_size: int, *, dropout: float = 0.5, **_) -> Encoder:
-    """The authors' AlexNet: Caffe widths 96-256-384-384-256, 227 px, LRN removed, no groups.
-    Same module indices as torchvision's, so its weights load where shapes match (the fc layers)."""
-    net = tv_alexnet(weights=None, num_classes=num_classes, dropout=dropout)
-    net.features = nn.Sequential(
+# The authors' AlexNet (YutingZhang/caffe-recon-dec, recon-dec/alexnet: baseline/cls_only_deploy.prototxt and
+# recon/SWWAE-first/layer8_deploy.prototxt): Caffe's initialisation and its decoder, written out.
+CAFFE_ALEXNET_FC_TAPS = {"fc6": 1, "fc7": 4}  # Linear, ReLU(1), Dropout, Linear, ReLU(4), Dropout, Linear
+CAFFE_CONV_INIT = [(0.01, 0.0), (0.01, 0.1), (0.01, 0.0), (0.01, 0.1), (0.01, 0.1)]  # conv1..5: (std, bias)
+CAFFE_FC_INIT = [(0.005, 0.1), (0.005, 0.1), (0.01, 0.0)]                           # fc6, fc7, fc8
+CAFFE_ALEXNET_DECODER = {  # macro-layer -> its decoder block g_l, decode order; no groups in the decoder
+    # the image block: dec:conv1-pre (5x5) + ReLU, dec:conv1-body (deconv 11x11/4) + ReLU, dec:conv1-post (5x5, linear)
+    "pool1": (DecoderConv(96, 96, 5, 1, 2), DecoderConv(96, 48, 11, 4, 0), DecoderConv(48, 3, 5, 1, 2)),
+    # the others mirror the encoder convs, each starting with the bias of the conv it mirrors
+    "pool2": (DecoderConv(256, 96, 5, 1, 2, bias=0.1),),
+    "conv3": (DecoderConv(384, 256, 3, 1, 1, bias=0.0),),
+    "conv4": (DecoderConv(384, 384, 3, 1, 1, bias=0.1),),
+    "pool5": (DecoderConv(256, 384, 3, 1, 1, bias=0.1),),
+}
+CAFFE_ALEXNET_FC_DECODER = (DecoderFC("fc8", 0.01, 0.0), DecoderFC("fc7", 0.005, 0.1), DecoderFC("fc6", 0.005, 0.1))
+
+
+def build_alexnet_caffe(num_classes: int, image_size: int, *, dropout: float = 0.5, classifier_width: int = 4096,
+                        **_) -> Encoder:
+    """The authors' AlexNet, trained from scratch: Caffe widths 96-256-384-384-256, conv2/conv4/conv5 in two
+    groups, LRN removed, 227 px; dropout after relu6 and relu7; Caffe's Gaussian initialisation. Its
+    classifier indices differ from torchvision's (dropout after, not before, each hidden fc), so only its own
+    state dicts load. Its decoder is the reference's (CAFFE_ALEXNET_DECODER)."""
+    features = nn.Sequential(
         nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
         nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2))
-    return Encoder(net.features, net.avgpool, net.classifier, ALEXNET_LEVELS, ALEXNET_FC_TAPS)
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(True), nn.MaxPool2d(3, 2))
+    classifier = _vgg_classifier(256 * 6 * 6, classifier_width, num_classes, dropout)
+    convs = [m for m in features if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in classifier if isinstance(m, nn.Linear)]
+    for m, (std, bias) in zip(convs + fcs, CAFFE_CONV_INIT + CAFFE_FC_INIT, strict=True):
+        nn.init.normal_(m.weight, 0.0, std)
+        nn.init.constant_(m.bias, bias)
+    return Encoder(features, nn.AdaptiveAvgPool2d((6, 6)), classifier, ALEXNET_LEVELS, CAFFE_ALEXNET_FC_TAPS,
+                   decoder_convs=CAFFE_ALEXNET_DECODER, fc_decoder=CAFFE_ALEXNET_FC_DECODER)
 
 
 @dataclass(frozen=True)
@@ -257,9 +316,10 @@ def build_encoder(name: str, num_classes: int, image_size: int, **kwargs) -> Enc
 
 
 def load_pretrained(encoder: Encoder, path: str) -> list[str]:
-    """Load a torchvision-format state dict from a local file (never a download). Names must match
-    exactly (another architecture is an error); tensors whose shapes differ (another class count, the
-    Caffe AlexNet's convs) keep their initialisation, and their names are returned."""
+    """Load a state dict in the backbone's own layout (torchvision's, for the torchvision backbones) from a
+    local file (never a download). Names must match exactly (another architecture is an error: a torchvision
+    AlexNet into alexnet_caffe, whose classifier indices differ); tensors whose shapes differ (another class
+    count) keep their initialisation, and their names are returned."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

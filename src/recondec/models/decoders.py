@@ -3,7 +3,9 @@
 Decoder block g_l mirrors macro-layer l: unpool (fixed or switch) to the pre-pool size, then one conv per
 encoder conv in reverse order with channel counts mirrored (out -> in), ReLU after each, except the very
 last layer of the pathway (to the image), which is linear. No batch norm, no dropout, no weight tying;
-weights N(0, 0.001^2), biases 0 (the reference initialisation).
+weights N(0, 0.001^2), biases 0 (the reference initialisation). A backbone whose reference decoder differs
+(alexnet_caffe: a three-layer image block, ungrouped convs, some biases 0.1, its own fc decoder init) writes
+it out in its macro-layer description (``MacroLayer.decoder_convs`` / ``fc_decoder``), and that is built instead.
 """
 from __future__ import annotations
 
@@ -14,26 +16,44 @@ import torch
 import torch.nn as nn
 
 from recondec.config import Unpool
-from recondec.models.backbones import ConvSpec, EncoderOutput, MacroLayer
+from recondec.models.backbones import ConvSpec, DecoderConv, DecoderFC, EncoderOutput, MacroLayer
 from recondec.models.unpool import fixed_unpool, switch_unpool
 
-INIT_STD = 1e-3
+INIT_STD = 1e-3     # decoder convs (the reference prototxts)
+FC_INIT_STD = 1e-2  # fc decoders (the reference's .extra reconstruction models)
 
 
 def init_decoder(module: nn.Module) -> None:
+    """Weights N(0, std^2), biases constant: INIT_STD and 0 unless the layer was built with its own
+    (`init_std` / `init_bias`, from a backbone's reference decoder)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, INIT_STD)
-            nn.init.zeros_(m.bias)
+            nn.init.normal_(m.weight, 0.0, getattr(m, "init_std", INIT_STD))
+            nn.init.constant_(m.bias, getattr(m, "init_bias", 0.0))
+
+
+def mirror(spec: ConvSpec) -> DecoderConv:
+    """The decoder layer mirroring an encoder conv: out_channels -> in_channels, the same kernel, stride,
+    padding and groups."""
+    return DecoderConv(spec.out_channels, spec.in_channels, spec.kernel_size, spec.stride, spec.padding, spec.groups)
+
+
+def make_conv(spec: DecoderConv) -> nn.Module:
+    """A conv for stride 1; for stride > 1 a transposed conv with that geometry (it restores the size)."""
+    if spec.stride == 1:
+        conv = nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, padding=spec.padding,
+                         groups=spec.groups)
+    else:
+        conv = nn.ConvTranspose2d(spec.in_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
+                                  padding=spec.padding, groups=spec.groups)
+    conv.init_bias = spec.bias
+    return conv
 
 
 def mirror_conv(spec: ConvSpec) -> nn.Module:
-    """out_channels -> in_channels with the same kernel and padding. A strided conv (AlexNet's conv1)
+    """out_channels -> in_channels with the same kernel, padding and groups. A strided conv (AlexNet's conv1)
     is mirrored by a transposed conv with the same geometry, so the spatial size is restored."""
-    if spec.stride == 1:
-        return nn.Conv2d(spec.out_channels, spec.in_channels, spec.kernel_size, padding=spec.padding)
-    return nn.ConvTranspose2d(spec.out_channels, spec.in_channels, spec.kernel_size, stride=spec.stride,
-                              padding=spec.padding)
+    return make_conv(mirror(spec))
 
 
 class DecoderBlock(nn.Module):
@@ -41,10 +61,10 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, layer: MacroLayer, unpool: Unpool, final_linear: bool):
         super().__init__()
-        if any(c.stride != 1 for c in layer.convs[1:]):
-            raise NotImplementedError(f"{layer.name}: a strided conv can only be the first of a macro-layer")
+        specs = layer.decoder_convs if layer.decoder_convs is not None else tuple(map(mirror, reversed(layer.convs)))
+        _check_block(layer, specs)
         self.pool, self.unpool = layer.pool, unpool
-        self.convs = nn.ModuleList(mirror_conv(c) for c in reversed(layer.convs))
+        self.convs = nn.ModuleList(make_conv(s) for s in specs)
         self.final_linear = final_linear
 
     def forward(self, h: torch.Tensor, switches: Optional[torch.Tensor], pre_pool_size: tuple[int, int],
@@ -57,13 +77,27 @@ class DecoderBlock(nn.Module):
                 h = fixed_unpool(h, self.pool, pre_pool_size)
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
-            if isinstance(conv, nn.ConvTranspose2d):
+            if isinstance(conv, nn.ConvTranspose2d):  # strided; the layers after it keep the size
                 h = conv(h, output_size=out_size)
             else:
                 h = conv(h)
             if not (self.final_linear and i == last):
                 h = torch.relu(h)
         return h
+
+
+def _check_block(layer: MacroLayer, specs: tuple[DecoderConv, ...]) -> None:
+    """Channels chain from the layer's output to its input; a strided (transposed) conv must be followed only
+    by size-keeping ones, as it is given the size of the level it reconstructs."""
+    channels = [layer.out_channels] + [s.out_channels for s in specs]
+    if [s.in_channels for s in specs] != channels[:-1] or channels[-1] != layer.in_channels:
+        raise ValueError(f"{layer.name}: decoder channels {[(s.in_channels, s.out_channels) for s in specs]} do not "
+                         f"lead from {layer.out_channels} back to {layer.in_channels}")
+    strided = [i for i, s in enumerate(specs) if s.stride != 1]
+    if len(strided) > 1 or (strided and any(2 * s.padding != s.kernel_size - 1 or s.stride != 1
+                                            for s in specs[strided[0] + 1:])):
+        raise NotImplementedError(f"{layer.name}: a strided conv can only be the first of a macro-layer "
+                                  "(the last decoder layer, or followed by size-keeping convs)")
 
 
 class FCDecoder(nn.Module):
@@ -78,8 +112,19 @@ class FCDecoder(nn.Module):
             layers += [nn.Linear(in_features, fc_width), nn.ReLU(True)]
             in_features = fc_width
         layers += [nn.Linear(in_features, math.prod(top_shape)), nn.ReLU(True)]
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                m.init_std = FC_INIT_STD  # read by init_decoder; a backbone's reference may set its own (set_init)
         self.net = nn.Sequential(*layers)
         self.top_shape = top_shape
+        self.mirrors = ["fc8", "fc7", "fc6"][-(hidden + 1):]  # the encoder fc each Linear mirrors, in order
+
+    def set_init(self, specs: tuple[DecoderFC, ...]) -> None:
+        """Give the Linear mirroring each `spec.mirrors` its own initialisation (read by init_decoder)."""
+        linears = dict(zip(self.mirrors, (m for m in self.net if isinstance(m, nn.Linear))))
+        for spec in specs:
+            if spec.mirrors in linears:
+                linears[spec.mirrors].init_std, linears[spec.mirrors].init_bias = spec.std, spec.bias
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).view(h.shape[0], *self.top_shape)
@@ -95,8 +140,14 @@ class StackedDecoder(nn.Module):
         self.layers, self.start = layers, start  # decode from the output of macro-layer `start` (0-based)
         self.blocks = nn.ModuleList(DecoderBlock(layers[i], unpool, final_linear=(i == 0)) for i in range(start + 1))
         self.fc, self.fc_level = fc, fc_level
+        if fc is not None:  # the fc decoder produces the top layer's output; that layer says how it starts
+            fc.set_init(layers[-1].fc_decoder)
 
-    def forward(self, enc: EncoderOutput, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def forward(self, enc: EncoderOutput, image_size: tuple[int, int], layerwise: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """layerwise=True: each block on the clean encoder activation instead (the pre-training stage)."""
+        if layerwise:
+            return decode_each_block(self.blocks, self.layers, enc, image_size)
         h = self.fc(enc.fc[self.fc_level]) if self.fc is not None else enc.activations[self.start]
         recons = {}
         for i in range(self.start, -1, -1):
@@ -113,12 +164,17 @@ class LayerwiseDecoder(nn.Module):
         self.layers = layers
         self.blocks = nn.ModuleList(DecoderBlock(layers[i], unpool, final_linear=(i == 0)) for i in range(top + 1))
 
-    def forward(self, enc: EncoderOutput, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        recons = {}
-        for i, block in enumerate(self.blocks):
-            recons[level_name(self.layers, i - 1)] = block(
-                enc.activations[i], enc.switches[i], enc.pre_pool_sizes[i], _size_below(enc, i, image_size))
-        return recons
+    def forward(self, enc: EncoderOutput, image_size: tuple[int, int], layerwise: bool = True
+                ) -> dict[str, torch.Tensor]:
+        return decode_each_block(self.blocks, self.layers, enc, image_size)
+
+
+def decode_each_block(blocks: nn.ModuleList, layers: tuple[MacroLayer, ...], enc: EncoderOutput,
+                      image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """â_{l-1} = g_l(a_l) for every block: each fed by the clean encoder output of its own level."""
+    return {level_name(layers, i - 1): block(enc.activations[i], enc.switches[i], enc.pre_pool_sizes[i],
+                                             _size_below(enc, i, image_size))
+            for i, block in enumerate(blocks)}
 
 
 def level_name(layers: tuple[MacroLayer, ...], index: int) -> str:

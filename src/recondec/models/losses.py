@@ -57,17 +57,22 @@ class AugmentedLoss(nn.Module):
 
     def forward(self, out: AugmentedOutput, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         ce = F.cross_entropy(out.logits.float(), y)
-        terms = {"ce": ce}
-        total = self.classification_weight * ce
-        for level, w in self.weights.items():
+        recon = self.recon_terms(out, x)
+        total = self.classification_weight * ce + self.weighted_recon(recon)
+        return {"ce": ce, **recon, "total": total}
+
+    def recon_terms(self, out: AugmentedOutput, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unweighted reconstruction term of every level that carries a loss ("recon/<level>")."""
+        terms = {}
+        for level in self.weights:
             target = self.image_target(x) if level == "image" else out.targets[level]
             if self.detach_targets:
                 target = target.detach()
-            term = euclidean(out.recons[level], target, self.form)
-            terms[f"recon/{level}"] = term
-            total = total + w * term
-        terms["total"] = total
+            terms[f"recon/{level}"] = euclidean(out.recons[level], target, self.form)
         return terms
+
+    def weighted_recon(self, terms: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        return sum(w * terms[f"recon/{level}"] for level, w in self.weights.items())
 
 
 def build_loss(model: AugmentedNet, loss: LossConf, image_std: list[float]) -> AugmentedLoss:

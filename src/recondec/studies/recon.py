@@ -2,7 +2,7 @@
 
 A classifier is trained (or reused, or loaded from a local file), frozen, and for each level an SAE-first
 decoder (fixed unpooling) and an SWWAE-first decoder (switch unpooling) are trained to reconstruct the
-image from that level alone. Each decoder is one ordinary tracked job; the study then writes a table of
+image from that level alone, with the image loss at weight 1 as in the reference's reconstruction models. Each decoder is one ordinary tracked job; the study then writes a table of
 the per-level validation error (MSE, PSNR, SSIM) and a figure with one row per level.
 """
 from __future__ import annotations
@@ -75,7 +75,8 @@ def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float
             sub = _sub_config(cfg, name, **{
                 "variant.name": f"{kind}_first", "variant.topology": "stacked", "variant.unpool": unpool,
                 "variant.losses": "first", "variant.decode_from": level, "backbone.pretrained": str(encoder_path),
-                "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0})
+                "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0,
+                "loss.weights.image": 1.0})  # loss weight 1, as the reference's reconstruction models
             result = run_job(sub, JobInfo(overrides=[*info.overrides, f"recon={name}"]))
             results[name] = {k: v for k, v in result.metrics.items() if k.startswith("val/") and "image" in k}
             checkpoints[name] = (sub, result.checkpoint)

@@ -25,7 +25,9 @@ from recondec.training import checkpoint as ckpt
 from recondec.training.distributed import DistEnv
 from recondec.training.metrics import EvalMetrics, RunningMeans, ten_crop_probs
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
-from recondec.training.schedule import Stage, build_optimizer, build_scheduler, plan_stages
+from recondec.training import distributed
+from recondec.training.pretrain import block_lrs, decoder_lr, pretrain_loss
+from recondec.training.schedule import Stage, build_optimizer, build_scheduler, param_groups, plan_stages
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +80,61 @@ class Trainer:
         self.ckpt_dir = ckpt.checkpoint_dir(cfg.output_dir)
         self.optimizer = self.scheduler = None
         self._stage: Optional[Stage] = None
+        self.stage_loss: AugmentedLoss = loss_fn  # the pre-training stage has a loss of its own
 
     # ------------------------------------------------------------------ stages
     def stage_at(self, epoch: int) -> Stage:
         return next(s for s in self.stages if s.first_epoch <= epoch < s.end_epoch)
 
     def enter_stage(self, stage: Stage) -> None:
-        """Freeze or unfreeze the encoder and give the stage a fresh optimiser and LR schedule."""
+        """Freeze or unfreeze what the stage trains and give it a fresh optimiser and LR schedule."""
         self._stage = stage
         self.model.set_encoder_frozen(stage.conf.freeze_encoder)
+        pretraining = stage.name == "pretrain"
+        if self.model.decoder is not None:
+            self.model.decoder.requires_grad_(True)
+            if pretraining and getattr(self.model.decoder, "fc", None) is not None:
+                self.model.decoder.fc.requires_grad_(False)  # pre-training trains the conv blocks only
         self.net = self._wrap(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
-        self.optimizer = build_optimizer(params, self.cfg.schedule, stage.conf.lr, fused=fused)
+        if pretraining:
+            lrs = self._pretrain_lrs(stage.conf)
+            groups = [g for block, lr in zip(self.model.decoder.blocks, lrs.values())
+                      for g in param_groups(block.named_parameters(), self.cfg.schedule, lr)]
+            self.stage_loss = pretrain_loss(self.model, self.cfg.data.std).to(self.device)
+            lr_text = "per block " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
+        else:
+            lr = self._probed_decoder_lr() if stage.conf.probe_lr and self.model.decoder is not None else stage.conf.lr
+            groups = param_groups(self.model.named_parameters(), self.cfg.schedule, lr)
+            self.stage_loss = self.loss_fn
+            lr_text = f"lr {lr:g}" + (" (probed)" if lr is not stage.conf.lr else "")
+        self.optimizer = build_optimizer(groups, self.cfg.schedule, fused=self.device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, stage.conf.epochs, self.cfg.schedule)
-        log.info("stage %s: epochs %d-%d, lr %g, %s", stage.name, stage.first_epoch + 1, stage.end_epoch,
-                 stage.conf.lr, "encoder frozen" if stage.conf.freeze_encoder else "end to end")
+        log.info("stage %s: epochs %d-%d, %s, %s", stage.name, stage.first_epoch + 1, stage.end_epoch, lr_text,
+                 "encoder frozen" if stage.conf.freeze_encoder else "end to end")
+
+    def _pretrain_lrs(self, conf) -> dict[str, float]:
+        """Given or probed on rank 0's first batches; every rank uses rank 0's choice."""
+        lrs = block_lrs(self.model, self.loss_fn, conf, self.cfg.schedule, self._first_train_images)
+        lrs = distributed.broadcast_object(lrs)
+        if self.tracker:
+            self.tracker.log_metrics({f"pretrain/lr/{k}": v for k, v in lrs.items()}, step=self.epoch)
+        return lrs
+
+    def _probed_decoder_lr(self) -> float:
+        lr = distributed.broadcast_object(decoder_lr(self.model, self.loss_fn, self.cfg.schedule.pretrain,
+                                                     self.cfg.schedule, self._first_train_images))
+        if self.tracker:
+            self.tracker.log_metrics({f"{self._stage.name}/lr": lr}, step=self.epoch)
+        return lr
+
+    def _first_train_images(self, n: int) -> list[torch.Tensor]:
+        self.loaders.train.set_epoch(self.epoch)
+        images = []
+        for x, y in self.loaders.train:
+            images.append(self._to_device(x, y)[0])
+            if len(images) == n:
+                break
+        return images
 
     def _wrap(self, model: AugmentedNet) -> torch.nn.Module:
         """DDP registers only parameters that require grad, so it is re-wrapped whenever a stage (un)freezes."""
@@ -188,8 +229,8 @@ class Trainer:
         x, y = self._to_device(x, y)
         with oom_hint("training step", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device):
             with self._autocast():
-                out = self.net(x, decode=self.model.decoder is not None)
-                terms = self.loss_fn(out, x, y)
+                out = self.net(x, decode=self.model.decoder is not None, layerwise=self._stage.name == "pretrain")
+                terms = self.stage_loss(out, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             if self.nonfinite.admit(terms, self.step + 1):
                 self.scaler.scale(terms["total"]).backward()

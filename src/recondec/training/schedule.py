@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from recondec.config import LRSchedule, Optimizer, ScheduleConf, StageConf
+from recondec.config import LRSchedule, Optimizer, PretrainConf, ScheduleConf, StageConf
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str           # "decoder" (stage 1: encoder frozen) or "joint" (stage 2)
-    conf: StageConf
+    name: str           # "pretrain" (decoder blocks one by one), "decoder" (encoder frozen) or "joint"
+    conf: StageConf | PretrainConf
     first_epoch: int    # global index of its first epoch
 
     @property
@@ -21,9 +21,10 @@ class Stage:
 
 
 def plan_stages(schedule: ScheduleConf, has_decoder: bool) -> list[Stage]:
-    """The protocol: decoders alone first (skipped when there is no decoder), then joint training."""
+    """The protocol: decoder blocks pre-trained one by one, then the decoders alone (both skipped when there is
+    no decoder), then joint training."""
     stages, epoch = [], 0
-    for name, conf in (("decoder", schedule.decoder), ("joint", schedule.joint)):
+    for name, conf in (("pretrain", schedule.pretrain), ("decoder", schedule.decoder), ("joint", schedule.joint)):
         if conf.epochs == 0 or (conf.freeze_encoder and not has_decoder):
             continue
         stages.append(Stage(name, conf, epoch))
@@ -31,11 +32,25 @@ def plan_stages(schedule: ScheduleConf, has_decoder: bool) -> list[Stage]:
     return stages
 
 
-def build_optimizer(params, schedule: ScheduleConf, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+def param_groups(named_params, schedule: ScheduleConf, lr: float) -> list[dict]:
+    """Weights at `lr`; biases at lr * bias_lr_mult with weight decay * bias_decay_mult (Caffe's lr_mult /
+    decay_mult). Only parameters that require grad."""
+    weights, biases = [], []
+    for name, p in named_params:
+        if p.requires_grad:
+            (biases if name.endswith("bias") else weights).append(p)
+    groups = [{"params": weights, "lr": lr, "weight_decay": schedule.weight_decay},
+              {"params": biases, "lr": lr * schedule.bias_lr_mult,
+               "weight_decay": schedule.weight_decay * schedule.bias_decay_mult}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict], schedule: ScheduleConf, fused: bool = False) -> torch.optim.Optimizer:
+    """Each group carries its own lr and weight_decay (param_groups)."""
     kw = {"fused": True} if fused else {}
     if schedule.optimizer is Optimizer.sgd:
-        return torch.optim.SGD(params, lr=lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay, **kw)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=schedule.weight_decay, **kw)
+        return torch.optim.SGD(groups, momentum=schedule.momentum, **kw)
+    return torch.optim.AdamW(groups, **kw)
 
 
 def lr_factor(step: int, steps_per_epoch: int, stage_epochs: int, schedule: ScheduleConf) -> float:

@@ -1,0 +1,145 @@
+"""Decoder warm start and learning rates: what lets SGD train stacked decoders from the reference init.
+
+From N(0, 0.001^2) every decoder conv scales its input by about 0.05, so a stack of 13 convs outputs ~1e-20 and
+the convs above the first block get no gradient at all. The reference therefore trains each decoder block alone
+first: block l reconstructs level l-1 from the frozen encoder's clean level-l activation (and its switches),
+loss weight 1 in the sum form, with a learning rate of its own (the supplement's Table S-1). The stacked decoder
+is built from the same blocks, so it starts from them.
+
+Where no LR is given for a block, the supplement's rule picks it: try each candidate LR for a short run from the
+same start on the same batches and keep the one whose reconstruction loss dropped most. The paper gives no LR for
+the stacked-decoder stage either; ``schedule.decoder.probe_lr=true`` applies the same rule to the whole decoder
+with the variant's own loss.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable
+
+import torch
+
+from recondec.config import LossForm, PretrainConf, ScheduleConf
+from recondec.models import AugmentedLoss, AugmentedNet
+from recondec.models.augmented import AugmentedOutput
+from recondec.models.losses import euclidean
+from recondec.training.schedule import build_optimizer, param_groups
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_loss(model: AugmentedNet, image_std: list[float]) -> AugmentedLoss:
+    """Every level the decoder reconstructs at weight 1 (sum form), no classification term."""
+    return AugmentedLoss({level: 1.0 for level in model.levels}, LossForm.reference, image_std,
+                         classification_weight=0.0, detach_targets=True)
+
+
+@dataclass
+class BlockBatch:
+    """What one decoder block needs from one batch: its clean input and the level it must reconstruct."""
+    h: torch.Tensor
+    switches: torch.Tensor | None
+    pre_pool_size: tuple[int, int]
+    out_size: tuple[int, int]
+    target: torch.Tensor
+
+    def loss(self, block: torch.nn.Module) -> torch.Tensor:
+        return euclidean(block(self.h, self.switches, self.pre_pool_size, self.out_size), self.target,
+                         LossForm.reference)
+
+
+@torch.no_grad()
+def block_batches(model: AugmentedNet, loss_fn: AugmentedLoss, images: Iterable[torch.Tensor]
+                  ) -> list[list[BlockBatch]]:
+    """Per block, the cached inputs and targets of each batch (the encoder is frozen: computed once)."""
+    per_block: list[list[BlockBatch]] = [[] for _ in model.decoder.blocks]
+    need_switches = model.variant.unpool.value == "switch"
+    for x in images:
+        enc = model.encoder(x.flip(1) if model.bgr else x, need_switches=need_switches)
+        for i in range(len(per_block)):
+            below = loss_fn.image_target(x) if i == 0 else enc.activations[i - 1]
+            if i == 0 and model.bgr:
+                below = below.flip(1)  # the block writes the weights' channel order
+            per_block[i].append(BlockBatch(enc.activations[i], enc.switches[i], enc.pre_pool_sizes[i],
+                                           tuple(below.shape[-2:]), below))
+    return per_block
+
+
+def probe_lr(module: torch.nn.Module, losses: list[Callable[[], torch.Tensor]], candidates: list[float], steps: int,
+             schedule: ScheduleConf) -> tuple[float, dict[float, float]]:
+    """The LR among `candidates` whose `steps` optimiser steps on `module` (cycling over the per-batch `losses`)
+    lowered their mean the most, relative to where it started; the module is left as it was. Returns the LR and
+    the relative drop of each candidate tried (-inf where the loss diverged).
+
+    Candidates are tried from the largest down; the drop rises as the LR falls out of divergence and then
+    shrinks again, so the scan stops at the first LR that does worse than an earlier one that lowered the loss."""
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return sum(loss().item() for loss in losses) / len(losses)
+
+    before, drops = mean_loss(), {}
+    for lr in sorted(candidates, reverse=True):
+        module.load_state_dict(start)
+        optimizer = build_optimizer(param_groups(module.named_parameters(), schedule, lr), schedule)
+        for t in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = losses[t % len(losses)]()
+            if not torch.isfinite(loss) or loss.item() > 1e3 * before:
+                break  # diverged: no need to finish
+            loss.backward()
+            optimizer.step()
+        after = mean_loss()
+        drops[lr] = (before - after) / before if math.isfinite(after) and before > 0 else -math.inf
+        best = max(drops, key=drops.get)
+        if drops[best] > 0 and drops[lr] < drops[best]:
+            break  # past the peak
+    module.load_state_dict(start)
+    if drops[best] <= 0:
+        log.warning("LR probe: no candidate lowered the loss (%s); taking the smallest",
+                    ", ".join(f"{k:g}: {d:+.3g}" for k, d in drops.items()))
+        best = min(drops)
+    return best, drops
+
+
+def block_lrs(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, schedule: ScheduleConf,
+              sample_images: Callable[[int], list[torch.Tensor]]) -> dict[str, float]:
+    """LR per block, keyed by the level the block decodes from: conf.lrs where given, the probe elsewhere."""
+    names = [m.name for m in model.encoder.macro_layers[:len(model.decoder.blocks)]]
+    lrs = {name: conf.lrs[name] for name in names if name in conf.lrs}
+    todo = [i for i, name in enumerate(names) if name not in lrs]
+    if todo:
+        per_block = block_batches(model, loss_fn, sample_images(conf.probe_batches))
+        for i in todo:
+            block = model.decoder.blocks[i]
+            losses = [partial(b.loss, block) for b in per_block[i]]
+            lrs[names[i]], drops = probe_lr(block, losses, conf.lr_candidates, conf.probe_steps, schedule)
+            log.info("pretrain LR probe, block from %s: %s -> lr %g", names[i],
+                     ", ".join(f"{lr:g}: {d:+.3f}" for lr, d in drops.items()), lrs[names[i]])
+    return {name: lrs[name] for name in names}
+
+
+def decoder_lr(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, schedule: ScheduleConf,
+               sample_images: Callable[[int], list[torch.Tensor]]) -> float:
+    """The decoder stage's LR by the same rule: the whole decoder, the variant's reconstruction terms (the
+    classification term is constant while the encoder is frozen), on cached encoder outputs."""
+    need_switches = model.variant.unpool.value == "switch"
+    cached = []
+    with torch.no_grad():
+        for x in sample_images(conf.probe_batches):
+            cached.append((x, model.encoder(x.flip(1) if model.bgr else x, need_switches=need_switches)))
+
+    def recon_loss(x: torch.Tensor, enc) -> torch.Tensor:
+        recons = model.decoder(enc, (x.shape[-2], x.shape[-1]))
+        if model.bgr:
+            recons["image"] = recons["image"].flip(1)
+        targets = {m.name: a for m, a in zip(model.encoder.macro_layers, enc.activations) if m.name in recons}
+        return loss_fn.weighted_recon(loss_fn.recon_terms(AugmentedOutput(enc.logits, recons, targets), x))
+
+    lr, drops = probe_lr(model.decoder, [partial(recon_loss, x, enc) for x, enc in cached], conf.lr_candidates,
+                         conf.probe_steps, schedule)
+    log.info("decoder-stage LR probe: %s -> lr %g", ", ".join(f"{k:g}: {d:+.3f}" for k, d in drops.items()), lr)
+    return lr

@@ -1,0 +1,75 @@
+"""Layer-wise decoder pre-training: why the warm start exists, that it works, and the LR probe."""
+import pytest
+import torch
+
+from recondec.config import validate
+from recondec.models.losses import euclidean
+from recondec.config import LossForm
+from recondec.run import build_trainer
+from recondec.training.pretrain import probe_lr
+from recondec.training.schedule import plan_stages
+
+from .test_run import TINY
+
+SGD = ["schedule=vgg_finetune", "schedule.batch_size=32", "schedule.pretrain.probe_steps=20",
+       "schedule.pretrain.probe_batches=2", "schedule.pretrain.lr_candidates=[10,1,0.1,0.01,0.001,1e-4,1e-5]"]
+
+
+def stacked_image_grads(model, x, loss_fn):
+    """Gradient of the stacked decoder's image loss at every decoder conv weight."""
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    euclidean(out.recons["image"], loss_fn.image_target(x), LossForm.reference).backward()
+    return {f"block{i}.conv{j}": conv.weight.grad.clone() for i, block in enumerate(model.decoder.blocks)
+            for j, conv in enumerate(block.convs)}
+
+
+def test_stacked_decoder_convs_get_gradients_only_after_layerwise_pretraining(compose_cfg):
+    cfg = validate(compose_cfg(*TINY, *SGD, "variant=swwae_first", "schedule.pretrain.epochs=1",
+                               "data.train_limit=640"))
+    trainer = build_trainer(cfg, None)
+    assert [s.name for s in trainer.stages] == ["pretrain", "decoder", "joint"]
+    x = next(iter(trainer.loaders.val))[0]
+    before = stacked_image_grads(trainer.model, x, trainer.loss_fn)
+    # from N(0, 0.001^2) each conv scales its input by ~0.01, so the stacked output is ~1e-27 and every decoder
+    # conv weight gets a gradient below 1e-20: no learning rate an SGD run could use moves them
+    assert all(g.abs().max() < 1e-20 for g in before.values()), {k: g.abs().max().item() for k, g in before.items()}
+
+    trainer.enter_stage(trainer.stages[0])
+    trainer.train_epoch()
+    after = stacked_image_grads(trainer.model, x, trainer.loss_fn)
+    # every conv now gets a gradient, at least 1e8 times what it got from the raw init
+    gain = {k: (after[k].abs().max() / before[k].abs().max().clamp_min(1e-38)).item() for k in after}
+    assert all(g.abs().max() > 0 for g in after.values()) and min(gain.values()) > 1e8, gain
+
+
+def test_pretraining_is_a_stage_only_for_models_with_a_decoder(compose_cfg):
+    cfg = validate(compose_cfg(*TINY, *SGD))
+    assert [s.name for s in plan_stages(cfg.schedule, has_decoder=True)] == ["pretrain", "decoder", "joint"]
+    assert [s.name for s in plan_stages(cfg.schedule, has_decoder=False)] == ["joint"]
+
+
+def test_given_block_lrs_are_used_and_the_others_probed(compose_cfg):
+    cfg = validate(compose_cfg(*TINY, *SGD, "variant=sae_all", "+schedule.pretrain.lrs.pool5=0.123"))
+    trainer = build_trainer(cfg, None)
+    trainer.enter_stage(trainer.stages[0])
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    # weights and biases of 5 blocks; biases at 2x (vgg_finetune's bias_lr_mult) without weight decay
+    assert len(lrs) == 10 and lrs[-2:] == [0.123, 0.246]
+    assert trainer.optimizer.param_groups[-1]["weight_decay"] == 0
+    assert all(lr in (10, 1, 0.1, 0.01, 0.001, 1e-4, 1e-5) for lr in lrs[0:8:2])  # probed: a candidate
+
+
+def test_probe_picks_the_lr_with_the_largest_loss_drop_stops_past_the_peak_and_restores_the_module():
+    from recondec.config import ScheduleConf
+
+    torch.manual_seed(0)
+    block = torch.nn.Linear(4, 4)
+    start = {k: v.clone() for k, v in block.state_dict().items()}
+    data = [(torch.randn(16, 4), torch.randn(16, 4)) for _ in range(2)]
+    losses = [lambda x=x, t=t: euclidean(block(x), t, LossForm.reference) for x, t in data]
+    best, drops = probe_lr(block, losses, [10.0, 0.1, 0.01, 1e-6, 1e-9], 10, ScheduleConf())
+    assert drops[10.0] < 0  # diverges
+    assert best == 0.1 and drops[0.1] > drops[0.01] > 0  # a least-squares fit: the largest stable step wins
+    assert 1e-6 not in drops and 1e-9 not in drops  # 0.01 already did worse than 0.1: the scan stopped there
+    assert all(torch.equal(v, start[k]) for k, v in block.state_dict().items())
