@@ -63,6 +63,11 @@ class LossForm(str, enum.Enum):
     mean = "mean"            # mean squared error over all elements
 
 
+class TrainCrop(str, enum.Enum):
+    random_resized = "random_resized"  # RandomResizedCrop (8-100 % of the area, aspect 3/4-4/3) + flip: today's default
+    resize_crop = "resize_crop"        # paper era: shorter side to 256/224 x size, a random size x size crop + flip
+
+
 class Optimizer(str, enum.Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -207,6 +212,7 @@ class ScheduleConf(Checked):
     warmup_epochs: float = 0.0
     step_epochs: list[int] = field(default_factory=list)   # for lr_schedule=step: epochs at which lr *= step_gamma
     step_gamma: float = 0.1
+    train_crop: TrainCrop = TrainCrop.random_resized  # training augmentation of the image-folder loaders
     bias_lr_mult: float = 1.0           # Caffe's lr_mult for biases (2 in the reference VGG recipe)
     bias_decay_mult: float = 1.0        # Caffe's decay_mult for biases (0 in the reference VGG recipe)
     # stage 0: decoder blocks one by one on clean activations (the warm start; 0 epochs = off);
@@ -292,6 +298,7 @@ class TrainerConf(Checked):
     log_every_n_steps: int = 20
     val_every_n_epochs: int = 1
     recon_images: int = 8               # images in each reconstruction grid
+    figures_every_n_epochs: int = 5     # reconstruction grids during training (and always after the last epoch)
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     progress: bool = True
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
@@ -307,6 +314,8 @@ class TrainerConf(Checked):
                  "trainer.checkpoint_every_n_steps", "an integer > 0 or null", self.checkpoint_every_n_steps)
         _require(self.nonfinite in ("stop", "skip"), "trainer.nonfinite", "stop or skip", self.nonfinite)
         _require(self.devices >= 1, "trainer.devices", "an integer >= 1", self.devices)
+        _require(self.figures_every_n_epochs >= 1, "trainer.figures_every_n_epochs", "an integer >= 1",
+                 self.figures_every_n_epochs)
 
 
 @dataclass

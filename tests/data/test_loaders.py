@@ -203,3 +203,27 @@ def test_prepare_command_writes_the_files(tmp_path):
     assert "9 written + 0 skipped = 9 found" in run.stdout and (out / "val.beton").is_file()
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=110)
     assert again.stdout.count("up to date") == 2
+
+
+def test_paper_era_crop_is_a_uniform_square_of_224_256_of_the_shorter_side():
+    from recondec.data.ffcv_loader import VAL_CROP_RATIO, random_square_crop
+
+    np.random.seed(0)
+    crops = np.array([random_square_crop(300, 400, None, VAL_CROP_RATIO) for _ in range(2000)])
+    side = int(300 * 224 / 256)
+    assert (crops[:, 2] == side).all() and (crops[:, 3] == side).all()
+    assert crops[:, 0].min() == 0 and crops[:, 0].max() == 300 - side  # every row offset reachable, none outside
+    assert crops[:, 1].min() == 0 and crops[:, 1].max() == 400 - side
+
+
+@timeout
+@pytest.mark.slow
+def test_both_image_loaders_train_on_paper_era_crops(tree):
+    from recondec.config import TrainCrop
+
+    for kind in (Loader.ffcv, Loader.torchvision):
+        loaders = build_loaders(folder_conf(*tree, loader=kind), SIZE, BATCH, seed=0, train_crop=TrainCrop.resize_crop)
+        x, y = next(iter(loaders.train))
+        assert x.shape == (BATCH, 3, SIZE, SIZE) and torch.isfinite(x).all() and x.std() > 0
+    steps = [type(t).__name__ for t in loaders.train.loader.dataset.transform.transforms]  # torchvision's
+    assert steps[:3] == ["Resize", "RandomCrop", "RandomHorizontalFlip"]

@@ -244,7 +244,7 @@ def test_a_briefly_locked_store_is_retried_and_no_metric_is_lost(compose_cfg, tm
 
 # ---------------------------------------------------------------------------------------------- out of memory
 def test_out_of_memory_names_the_batch_size_and_a_remedy(compose_cfg, tmp_path, monkeypatch):
-    def forward(self, x, decode=True):
+    def forward(self, x, decode=True, layerwise=False):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(AugmentedNet, "forward", forward)

@@ -52,6 +52,9 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
     assert {"config/config_resolved.yaml", "config/overrides.txt", "checkpoints/last.pt"} <= arts
     if levels:
         assert "reconstruction_error_per_level.png" in arts and "reconstructions/image.png" in arts
+        # the grids of the last epoch also as step-tracked images, one per reconstructed level (the UI's slider)
+        stepped = {a.split("+")[0] for a in arts if a.startswith("images/") and "+step+2+" in a and a.endswith(".png")}
+        assert stepped == {f"images/reconstructions~{lv}" for lv in ("image", "pool1", "pool2", "pool3", "pool4")}
     history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/top1")
     assert [m.step for m in history] == ([1, 2] if variant != "baseline" else [1])  # one point per epoch
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recondec.config import DataConf, Loader
+from recondec.config import DataConf, Loader, TrainCrop
 
 
 @dataclass
@@ -26,9 +26,11 @@ def ten_crop_view_size(image_size: int) -> int:
 
 
 def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
-                  rank: int = 0, world_size: int = 1, ten_crop: bool = False) -> Loaders:
+                  rank: int = 0, world_size: int = 1, ten_crop: bool = False,
+                  train_crop: TrainCrop = TrainCrop.random_resized) -> Loaders:
     """Train and val loaders; with ten_crop, also a val loader of whole images at ten_crop_view_size
-    (the shorter side resized to it, then its centre square)."""
+    (the shorter side resized to it, then its centre square). `train_crop` is the image-folder loaders'
+    training augmentation; the built-in sets (memory loader) are not augmented."""
     if data.loader is Loader.memory:
         from recondec.data.builtin import limit, load_builtin
         from recondec.data.memory import MemoryLoader
@@ -45,8 +47,8 @@ def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *
         from recondec.data.ffcv_loader import build_ffcv_loaders
 
         return build_ffcv_loaders(data, image_size, batch_size, seed, device=device, rank=rank,
-                                  world_size=world_size, ten_crop=ten_crop)
+                                  world_size=world_size, ten_crop=ten_crop, train_crop=train_crop)
     from recondec.data.folder import build_folder_loaders
 
     return build_folder_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size,
-                                ten_crop=ten_crop)
+                                ten_crop=ten_crop, train_crop=train_crop)

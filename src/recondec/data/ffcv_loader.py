@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from recondec.config import DataConf, Order
+from recondec.config import DataConf, Order, TrainCrop
 from recondec.data import Loaders, ten_crop_view_size
 from recondec.data.beton import BUILTIN, beton_path, prepare_command, write_dataset
 
@@ -235,9 +235,36 @@ def ensure_betons(data: DataConf) -> dict[str, str]:
     return {s: str(p) for s, p in paths.items()}
 
 
+def train_decoder(size: tuple[int, int], crop: TrainCrop):
+    """ffcv's RandomResizedCrop, or the paper era's crop: a random square of 224/256 of the shorter side, resized
+    to `size` (the same pixels as resizing the shorter side to 256/224 x size and cropping size x size)."""
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, ResizedCropRGBImageDecoder
+
+    if crop is TrainCrop.random_resized:
+        return RandomResizedCropRGBImageDecoder(size)
+
+    class ResizeCropDecoder(ResizedCropRGBImageDecoder):
+        scale, ratio = None, VAL_CROP_RATIO
+
+        @property
+        def get_crop_generator(self):
+            return random_square_crop
+
+    return ResizeCropDecoder(size)
+
+
+def random_square_crop(height, width, _scale, ratio):
+    """(i, j, h, w) of a uniformly placed square whose side is `ratio` x the shorter side (compiled by numba)."""
+    side = int(ratio * min(height, width))
+    i = int(np.random.uniform(0, height - side + 1))
+    j = int(np.random.uniform(0, width - side + 1))
+    return i, j, side, side
+
+
 def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
-                       rank: int = 0, world_size: int = 1, ten_crop: bool = False) -> Loaders:
-    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+                       rank: int = 0, world_size: int = 1, ten_crop: bool = False,
+                       train_crop: TrainCrop = TrainCrop.random_resized) -> Loaders:
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
     paths = ensure_betons(data)
@@ -247,7 +274,7 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
                   distributed=distributed, seed=seed)
     train = Loader(paths["train"], order=_order(data, distributed), drop_last=True,
                    indices=_indices(paths["train"], data.train_limit), **common,
-                   pipelines={"image": image_pipeline(RandomResizedCropRGBImageDecoder(size), device, data.mean,
+                   pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
                                                       data.std, flip=True, channels_last=True),
                               "label": label_pipeline(device)})
     timeout = data.ffcv.batch_timeout_s

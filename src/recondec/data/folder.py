@@ -14,13 +14,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from recondec.config import DataConf
+from recondec.config import DataConf, TrainCrop
 from recondec.data import Loaders, ten_crop_view_size
 from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
 
 
-def train_transform(size: int, mean, std) -> Callable:
-    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+def train_transform(size: int, mean, std, crop: TrainCrop = TrainCrop.random_resized) -> Callable:
+    if crop is TrainCrop.resize_crop:  # the paper era: 224 crops of images whose shorter side is 256
+        cropping = [T.Resize(ten_crop_view_size(size)), T.RandomCrop(size)]
+    else:
+        cropping = [T.RandomResizedCrop(size)]
+    return T.Compose([*cropping, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 
 
 def val_transform(size: int, mean, std, crop_ratio: float = 224 / 256) -> Callable:
@@ -101,10 +105,11 @@ def _limit(dataset: Dataset, n: Optional[int]) -> Dataset:
 
 
 def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
-                         world_size: int = 1, ten_crop: bool = False) -> Loaders:
+                         world_size: int = 1, ten_crop: bool = False,
+                         train_crop: TrainCrop = TrainCrop.random_resized) -> Loaders:
     classes = list_classes(Path(data.root) / "train")
-    train = _limit(image_dataset(data.root, "train", classes, train_transform(image_size, data.mean, data.std)),
-                   data.train_limit)
+    transform = train_transform(image_size, data.mean, data.std, train_crop)
+    train = _limit(image_dataset(data.root, "train", classes, transform), data.train_limit)
 
     def val_loader(transform: Callable) -> FolderLoader:
         val = _limit(image_dataset(data.root, "val", classes, transform), data.val_limit)

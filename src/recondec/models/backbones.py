@@ -16,8 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import alexnet as tv_alexnet
-from torchvision.models import vgg16 as tv_vgg16
-from torchvision.models import vgg16_bn as tv_vgg16_bn
 from torchvision.models.vgg import make_layers
 
 
@@ -193,14 +191,12 @@ ALEXNET_FC_TAPS = {"fc6": 2, "fc7": 5}   # Dropout, Linear, ReLU(2), Dropout, Li
 
 def build_vgg16(num_classes: int, image_size: int, *, width: float = 1.0, dropout: float = 0.5,
                 classifier_width: int = 4096, batch_norm: bool = False) -> Encoder:
-    """torchvision's VGG-16 (configuration D): identical modules, names and initialisation."""
-    make = tv_vgg16_bn if batch_norm else tv_vgg16
-    net = make(weights=None, num_classes=num_classes, dropout=dropout)
-    classifier = net.classifier
-    if classifier_width != 4096:  # a narrower head (small tests, small data); layout and names unchanged
-        classifier = _vgg_classifier(512 * 7 * 7, classifier_width, num_classes, dropout)
-        _init_like_torchvision_vgg(classifier)
-    return Encoder(net.features, net.avgpool, classifier, VGG_LEVELS, VGG_FC_TAPS)
+    """torchvision's VGG-16 (configuration D): the same modules, names and initialisation, built here so that a
+    narrower head (small tests, small data) never allocates torchvision's 102M-parameter fc6 first."""
+    features = make_layers(VGG16_CFG, batch_norm=batch_norm)
+    classifier = _vgg_classifier(512 * 7 * 7, classifier_width, num_classes, dropout)
+    _init_like_torchvision_vgg(features, classifier)
+    return Encoder(features, nn.AdaptiveAvgPool2d((7, 7)), classifier, VGG_LEVELS, VGG_FC_TAPS)
 
 
 def _vgg_classifier(in_features: int, width: int, num_classes: int, dropout: float) -> nn.Sequential:

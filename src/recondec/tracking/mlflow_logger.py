@@ -16,7 +16,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-import matplotlib.pyplot as plt
 import mlflow
 from mlflow.tracking import MlflowClient
 
@@ -123,11 +122,18 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._call(f"logging metrics of step {step}", mlflow.log_metrics, sanitize(metrics), step=step)
 
-    def log_epoch_figures(self, batch, history: list[dict[str, float]]) -> None:
+    def log_reconstructions(self, batch, epoch: int, final: bool) -> None:
+        """A grid per level, logged with the epoch as its step (the UI steps through them); the final ones also
+        as reconstructions/<level>.png."""
         for level in batch.recons:
-            fig = reconstruction_grid(batch.inputs, batch.recons[level], batch.targets[level], level, self.mean)
-            self._call("logging a figure", mlflow.log_figure, fig, f"reconstructions/{level}.png")
-            plt.close(fig)
+            grid = reconstruction_grid(batch.inputs, batch.recons[level], batch.targets[level], level, self.mean)
+            self._call("logging an image", mlflow.log_image, grid, key=f"reconstructions/{level}", step=epoch)
+            if final:
+                self._call("logging an image", mlflow.log_image, grid, artifact_file=f"reconstructions/{level}.png")
+
+    def log_error_plot(self, history: list[dict[str, float]]) -> None:
+        import matplotlib.pyplot as plt
+
         fig = error_per_level(history)
         self._call("logging a figure", mlflow.log_figure, fig, "reconstruction_error_per_level.png")
         plt.close(fig)

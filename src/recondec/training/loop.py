@@ -36,7 +36,8 @@ class Tracker(Protocol):
     run_id: str
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_epoch_figures(self, batch: "VisualBatch", history: list[dict[str, float]]) -> None: ...
+    def log_reconstructions(self, batch: "VisualBatch", epoch: int, final: bool) -> None: ...
+    def log_error_plot(self, history: list[dict[str, float]]) -> None: ...
 
 
 class VisualBatch:
@@ -172,8 +173,7 @@ class Trainer:
                 self.history.append({"epoch": self.epoch, **last})
                 if self.tracker:
                     self.tracker.log_metrics(last, step=self.epoch)
-                    if visual is not None:
-                        self.tracker.log_epoch_figures(visual, self.history)
+                    self._log_figures(visual)
                 self.save_checkpoint("best.pt" if is_best else None)
             else:
                 self.history.append({"epoch": self.epoch, **last})
@@ -183,6 +183,16 @@ class Trainer:
             # metrics are logged before the checkpoint: a crash in between repeats a log, never loses one
             self._exit_if_preempted()
         return last
+
+    def _log_figures(self, visual: Optional[VisualBatch]) -> None:
+        """Reconstruction grids every trainer.figures_every_n_epochs and at the end; the error plot at the end."""
+        if visual is None:
+            return
+        final = self.epoch == self.total_epochs
+        if final or self.epoch % self.cfg.trainer.figures_every_n_epochs == 0:
+            self.tracker.log_reconstructions(visual, self.epoch, final)
+        if final:
+            self.tracker.log_error_plot(self.history)
 
     def _autocast(self):
         if self.amp_dtype is None:
