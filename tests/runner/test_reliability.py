@@ -94,7 +94,8 @@ def test_kill_9_mid_epoch_then_resume_auto_ends_exactly_as_an_uninterrupted_run(
     (crashed,) = runs_of(db, "killed")
     assert crashed.info.status == "RUNNING"  # kill -9 leaves no chance to close it
 
-    subprocess.run([*cmd, "resume=auto"], cwd=REPO_ROOT, check=True, timeout=240, capture_output=True)
+    # rerunning the same job with resume=auto (in this process: the command itself is what was killed above)
+    run(compose_cfg, *common, f"output_dir={run_dir}", "logger.experiment=killed", "resume=auto")
     (resumed,) = runs_of(db, "killed")  # the same MLflow run, continued and closed
     assert resumed.info.run_id == crashed.info.run_id and resumed.info.status == "FINISHED"
     final = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
