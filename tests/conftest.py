@@ -33,6 +33,20 @@ def compose_cfg(tmp_path):
     return make_composer(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _offline_torch_hub(monkeypatch, tmp_path_factory):
+    """Tests stay offline: torch.hub's cache ($TORCH_HOME) starts empty, and a download is refused."""
+    from urllib.error import URLError
+
+    import torch.hub
+
+    def refuse(url, *args, **kwargs):
+        raise URLError(f"tests are offline: no download of {url}")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
 @pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory):
     """An empty MLflow database with its schema created once: building the schema takes ~2 s per new file."""

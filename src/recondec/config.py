@@ -110,7 +110,8 @@ class BackboneConf(Checked):
     image_size: int = 224
     dropout: float = 0.5
     classifier_width: int = 4096        # fc6 / fc7 units
-    pretrained: Optional[str] = None    # local path to a torchvision-format state dict
+    # a local torchvision-format state dict, or torchvision's weights name for it (IMAGENET1K_V1, DEFAULT)
+    pretrained: Optional[str] = None
     channel_order: ChannelOrder = ChannelOrder.rgb  # what the weights expect; the data stays RGB
 
     def check(self) -> None:
@@ -122,10 +123,14 @@ class BackboneConf(Checked):
         spec = BACKBONES[self.name]
         _require(spec.accepts_size(self.image_size), "backbone.image_size", spec.size_rule, self.image_size)
         if self.pretrained is not None:
-            import os
+            from recondec.models.backbones import ensure_cached, torchvision_weights
 
-            _require(os.path.isfile(self.pretrained), "backbone.pretrained", "a path to an existing local file",
-                     self.pretrained)
+            try:  # a weights name is fetched into torch.hub's cache now, so a job never fails on it later
+                weights = torchvision_weights(self.name, self.pretrained)
+                if weights:
+                    ensure_cached(weights)
+            except (ValueError, FileNotFoundError) as e:
+                raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -258,7 +263,7 @@ class DataConf(Checked):
     name: str = MISSING                 # digits | fashion_mnist | imagenet | folder
     loader: Loader = Loader.memory
     root: Optional[str] = None          # data on disk (ImageFolder root with train/ and val/, or the idx files)
-    num_classes: int = MISSING
+    num_classes: Optional[int] = MISSING  # data=folder: null counts the class folders of <root>/train
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # 0-1 scale, RGB
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     train_limit: Optional[int] = None   # use only the first N training images (quick runs)
@@ -270,7 +275,6 @@ class DataConf(Checked):
     def check(self) -> None:
         import os
 
-        _require(self.num_classes > 0, "data.num_classes", "an integer > 0", self.num_classes)
         _require(len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "data.mean/data.std",
                  "three values each, std > 0", (self.mean, self.std))
         _require(0 < self.val_fraction < 1, "data.val_fraction", "a value in (0, 1)", self.val_fraction)
@@ -285,6 +289,19 @@ class DataConf(Checked):
             if self.loader is Loader.torchvision or self.name in ("imagenet", "folder"):
                 _require(self.root is not None and os.path.isdir(str(self.root)), "data.root",
                          "an existing directory (set data.root=/path/to/data)", self.root)
+        train = Path(str(self.root), "train")  # data=folder: the classes are its folders
+        if self.name == "folder" and (self.num_classes is None or train.is_dir()):
+            from recondec.data.beton import list_classes  # late import: the data layer sits above config
+
+            try:
+                found = len(list_classes(train))
+            except FileNotFoundError as e:
+                raise ConfigError(f"data.num_classes=null cannot be inferred: {e}; set data.num_classes=N") from None
+            _require(self.num_classes in (None, found), "data.num_classes",
+                     f"null or {found}, the number of class folders in {train}", self.num_classes)
+            self.num_classes = found
+        _require(self.num_classes is not None and self.num_classes > 0, "data.num_classes", "an integer > 0",
+                 self.num_classes)
 
 
 @dataclass

@@ -4,9 +4,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from recondec.config import BackboneConf, LossLevels, Topology, Unpool, VariantConf
+from recondec.config import BackboneConf, ConfigError, LossLevels, Topology, Unpool, VariantConf
 from recondec.models import BACKBONES, build_model
-from recondec.models.backbones import BackboneSpec, Encoder, build_encoder, load_pretrained
+from recondec.models.backbones import BackboneSpec, Encoder, build_encoder, cached_file, load_pretrained
 
 BASELINE = VariantConf("baseline", Topology.none)
 
@@ -46,6 +46,47 @@ def test_foreign_state_dict_is_refused(tmp_path):
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
     with pytest.raises(ValueError, match="not a state dict of this backbone"):
         load_pretrained(build_encoder("vgg16", 10, 32, classifier_width=16), str(path))
+
+
+def seed_cache(name: str, weights: str, state) -> "Path":
+    """Put `state` where torch.hub caches torchvision's `weights` for `name` (the conftest's temporary TORCH_HOME):
+    the file an online run downloads once."""
+    path = cached_file(torchvision.models.get_model_weights(name)[weights])
+    assert path.name == torchvision.models.get_model_weights(name)[weights].url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path) if not isinstance(state, bytes) else path.write_bytes(state)
+    return path
+
+
+@pytest.mark.parametrize("weights", ["IMAGENET1K_V1", "DEFAULT"])
+def test_weights_by_name_load_from_the_torch_hub_cache(weights):
+    source = build_encoder("vgg16", 10, 32, classifier_width=16)
+    seed_cache("vgg16", "IMAGENET1K_V1", source.state_dict())  # DEFAULT is the same file
+    assert BackboneConf("vgg16", image_size=32, pretrained=weights).pretrained == weights  # validates offline
+    encoder = build_encoder("vgg16", 10, 32, classifier_width=16)
+    assert load_pretrained(encoder, weights, "vgg16") == []
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("junk", [b"not a checkpoint", {"conv.weight": torch.zeros(1)}])
+def test_junk_in_the_cache_is_an_error_naming_the_file(junk):
+    path = seed_cache("vgg16", "IMAGENET1K_V1", junk)
+    with pytest.raises(ValueError, match=f"{path}.* is not a state dict of this backbone"):
+        load_pretrained(build_encoder("vgg16", 10, 32, classifier_width=16), "IMAGENET1K_V1", "vgg16")
+
+
+def test_unknown_weights_name_lists_the_valid_ones_and_only_torchvision_backbones_take_names():
+    with pytest.raises(ConfigError, match=r"backbone.pretrained='IMAGENET9K'.*one of \['IMAGENET1K_V1', "):
+        BackboneConf("alexnet", image_size=96, pretrained="IMAGENET9K")
+    with pytest.raises(ValueError, match="IMAGENET1K_FEATURES"):
+        load_pretrained(build_encoder("vgg16", 10, 32, classifier_width=16), "IMAGENET9K", "vgg16")
+    with pytest.raises(ConfigError, match="vgg16_small has no torchvision counterpart"):
+        BackboneConf("vgg16_small", image_size=32, pretrained="IMAGENET1K_V1")
+
+
+def test_weights_not_cached_offline_say_where_to_place_the_file():
+    with pytest.raises(ConfigError, match=r"not cached at .*vgg16-397923af\.pth and cannot be downloaded.*place it"):
+        BackboneConf("vgg16", image_size=32, pretrained="IMAGENET1K_V1")
 
 
 def test_vgg16_macro_layers_match_configuration_d_at_224():

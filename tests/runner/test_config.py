@@ -25,7 +25,7 @@ def test_every_option_of_every_group_composes_and_validates(compose_cfg, tmp_pat
     cfg = compose_cfg(*overrides)
     if group == "backbone":
         assert cfg.backbone.name == option
-    if "imagenet" in option and group == "experiment":  # these presets demand the user's local weights
+    if "imagenet" in option and group == "experiment":  # torchvision's weights: not cached, and tests are offline
         with pytest.raises(ConfigError, match="backbone.pretrained"):
             validate(cfg)
         return
@@ -74,3 +74,17 @@ def test_missing_data_path_names_the_key_and_how_to_fix_it(compose_cfg):
     assert "apt-get install dataset-fashion-mnist" in str(err.value)
     with pytest.raises(ConfigError, match="data.root"):
         validate(compose_cfg("data=imagenet"))
+
+
+def test_folder_num_classes_is_counted_from_the_train_folders(compose_cfg, tmp_path):
+    for c in ("cat", "dog", "fox"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+    assert validate(compose_cfg("data=folder", f"data.root={tmp_path}")).data.num_classes == 3
+    assert validate(compose_cfg("data=folder", f"data.root={tmp_path}", "data.num_classes=3")).data.num_classes == 3
+    with pytest.raises(ConfigError, match=r"data\.num_classes=5 is invalid: allowed null or 3, the number of class "):
+        validate(compose_cfg("data=folder", f"data.root={tmp_path}", "data.num_classes=5"))
+
+
+def test_folder_num_classes_without_train_folders_asks_for_it(compose_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.num_classes=null cannot be inferred: .*train is not a folder"):
+        validate(compose_cfg("data=folder", f"data.root={tmp_path}"))

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from recondec.config import REPO_ROOT
 from recondec.run import JobInfo, run_job
@@ -57,6 +58,26 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
         assert stepped == {f"images/reconstructions~{lv}" for lv in ("image", "pool1", "pool2", "pool3", "pool4")}
     history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/top1")
     assert [m.step for m in history] == ([1, 2] if variant != "baseline" else [1])  # one point per epoch
+
+
+def test_mlflow_tracking_uri_from_the_environment_is_where_runs_go(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recondec.config import CONF_DIR
+
+    db = tmp_path / "from_env.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    overrides = [*TINY, "schedule.decoder.epochs=0", "logger.experiment=env"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):  # without the fixtures' logger.tracking_uri
+        cfg = compose("config", overrides=[f"output_dir={tmp_path}", *overrides])
+        explicit = compose("config", overrides=[f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    assert cfg.logger.tracking_uri == f"sqlite:///{db}" and explicit.logger.tracking_uri.endswith("/mlflow.db")
+    result = run_job(cfg, JobInfo(overrides=overrides))
+    assert [r.info.run_id for r in runs_of(db, "env")] == [result.run_id]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert OmegaConf.to_container(cfg.logger, resolve=True)["tracking_uri"] == f"sqlite:///{REPO_ROOT}/mlflow.db"
 
 
 def test_resume_continues_at_the_right_epoch_in_the_same_run(compose_cfg, tmp_path):

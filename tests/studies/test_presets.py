@@ -1,4 +1,7 @@
 """Each experiment preset runs for a few steps on tiny data."""
+import os
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -54,13 +57,20 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
 
 
 @pytest.mark.parametrize("preset", ["recon_imagenet_vgg16", "joint_imagenet_vgg16"])
-def test_imagenet_presets_require_local_weights(compose_cfg, tmp_path, preset):
+def test_imagenet_presets_use_torchvision_weights_from_the_cache(compose_cfg, tmp_path, preset):
     cfg = compose_cfg(f"experiment={preset}", f"data.root={tmp_path}")
     assert cfg.backbone.name == "vgg16" and cfg.loss.weights.image == 1e-4 and cfg.schedule.joint.lr == 1e-3
-    with pytest.raises(ConfigError, match="backbone.pretrained.*existing local file"):
+    assert cfg.backbone.pretrained == "IMAGENET1K_V1"
+    # offline (the conftest refuses downloads) and not cached: the error says where the file goes
+    with pytest.raises(ConfigError, match="backbone.pretrained=IMAGENET1K_V1: the weights are not cached at "
+                                          ".*vgg16-397923af.pth and cannot be downloaded.*place it"):
         validate(cfg)
-    weights = tmp_path / "vgg16.pth"
-    weights.write_bytes(b"")  # only its existence is checked at validation time
+    cached = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"")  # only its presence is checked at validation time
+    assert validate(cfg).backbone.pretrained == "IMAGENET1K_V1"
+    weights = tmp_path / "vgg16.pth"  # a local file still works
+    weights.write_bytes(b"")
     assert validate(compose_cfg(f"experiment={preset}", f"data.root={tmp_path}",
                                 f"backbone.pretrained={weights}")).backbone.pretrained == str(weights)
 

@@ -104,7 +104,7 @@ def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) 
     encoder = build_encoder(backbone.name, num_classes, backbone.image_size, width=backbone.width,
                             dropout=backbone.dropout, classifier_width=backbone.classifier_width)
     if backbone.pretrained:
-        skipped = load_pretrained(encoder, backbone.pretrained)
+        skipped = load_pretrained(encoder, backbone.pretrained, backbone.name)
         if skipped:
             log.warning("pretrained weights: %d tensors kept their initialisation (shape differs): %s",
                         len(skipped), ", ".join(skipped))

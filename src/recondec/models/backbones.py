@@ -9,12 +9,16 @@ backbone is one builder function registered in ``BACKBONES`` plus a ``conf/backb
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Mapping, Optional
+from urllib.error import URLError
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models import WeightsEnum, get_model_weights
 from torchvision.models import alexnet as tv_alexnet
 from torchvision.models.vgg import make_layers
 
@@ -311,14 +315,66 @@ def build_encoder(name: str, num_classes: int, image_size: int, **kwargs) -> Enc
     return spec.build(num_classes, image_size, **kwargs)
 
 
-def load_pretrained(encoder: Encoder, path: str) -> list[str]:
+# backbones whose module layout is torchvision's: backbone.pretrained may name torchvision's weights for them
+TORCHVISION_NAMES = {"vgg16": "vgg16", "vgg16_bn": "vgg16_bn", "alexnet": "alexnet"}
+
+
+def weights_names(backbone: str) -> list[str]:
+    """The torchvision weights names `backbone.pretrained` accepts for `backbone` (none: no torchvision twin)."""
+    return list(get_model_weights(TORCHVISION_NAMES[backbone]).__members__) if backbone in TORCHVISION_NAMES else []
+
+
+def torchvision_weights(backbone: str, pretrained: str) -> Optional[WeightsEnum]:
+    """The torchvision weights `pretrained` names, or None when it is a local file."""
+    if os.path.isfile(pretrained):
+        return None
+    names = weights_names(backbone)
+    if pretrained not in names:
+        allowed = f"or a torchvision weights name of {backbone}: one of {names}" if names else \
+            f"({backbone} has no torchvision counterpart, so no weights names; those are for {sorted(TORCHVISION_NAMES)})"
+        raise ValueError(f"backbone.pretrained={pretrained!r} is invalid: allowed a path to an existing local file "
+                         f"{allowed}")
+    return get_model_weights(TORCHVISION_NAMES[backbone])[pretrained]
+
+
+def cached_file(weights: WeightsEnum) -> Path:
+    """Where torch.hub caches `weights`: $TORCH_HOME/hub/checkpoints/<the URL's file name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def ensure_cached(weights: WeightsEnum, progress: bool = True) -> Path:
+    """Download `weights` into torch.hub's cache unless they are there already (once per machine)."""
+    path = cached_file(weights)
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), progress=progress)
+        except (URLError, OSError) as e:
+            raise FileNotFoundError(
+                f"backbone.pretrained={weights.name}: the weights are not cached at {path} and cannot be downloaded "
+                f"({e}); download {weights.url} on a machine with network access and place it at {path} "
+                f"(or point TORCH_HOME at a folder holding hub/checkpoints/{path.name})") from e
+    return path
+
+
+def load_pretrained(encoder: Encoder, pretrained: str, backbone: Optional[str] = None,
+                    progress: bool = True) -> list[str]:
     """Load a state dict in the backbone's own layout (torchvision's, for the torchvision backbones) from a
-    local file (never a download). Names must match exactly (another architecture is an error: a torchvision
+    local file, or torchvision's weights named `pretrained` for `backbone` (IMAGENET1K_V1, DEFAULT) through
+    torch.hub's download cache. Names must match exactly (another architecture is an error: a torchvision
     AlexNet into alexnet_caffe, whose classifier indices differ); tensors whose shapes differ (another class
     count) keep their initialisation, and their names are returned."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = torchvision_weights(backbone, pretrained) if backbone else None
+    path = ensure_cached(weights, progress) if weights else pretrained
+    try:  # torchvision's own loader for named weights: it reads the file just cached
+        state = weights.get_state_dict(progress=progress, map_location="cpu", weights_only=True) if weights \
+            else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download or another file: name it, so it can be deleted / replaced
+        raise ValueError(f"{path} is not a state dict of this backbone: it cannot be read ({e})") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a state dict of this backbone: it holds a {type(state).__name__}")
     own = encoder.state_dict()
     unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
     if unknown or missing:

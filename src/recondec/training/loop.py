@@ -62,6 +62,7 @@ class Trainer:
                  tracker: Optional[Tracker] = None, env: DistEnv = DistEnv()):
         self.cfg, self.model, self.loss_fn, self.loaders = cfg, model, loss_fn, loaders
         self.device, self.tracker, self.env = device, tracker, env
+        self.quiet = not (cfg.trainer.progress and env.is_main)  # one set of progress bars: rank 0's
         self.net: torch.nn.Module = model  # what the training step calls: DDP- and/or compile-wrapped
         self.stages = plan_stages(cfg.schedule, model.decoder is not None)
         self.total_epochs = self.stages[-1].end_epoch if self.stages else 0
@@ -209,7 +210,7 @@ class Trainer:
         first = self.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
         self.loaders.train.set_epoch(self.epoch, skip_batches=first)
         seen, start = 0, time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not self.cfg.trainer.progress,
+        bar = tqdm(total=self.steps_per_epoch, initial=first, disable=self.quiet,
                    desc=f"epoch {self.epoch + 1}/{self.total_epochs} [{self._stage.name}]", leave=False,
                    dynamic_ncols=True)
         for i, (x, y) in enumerate(self.loaders.train, start=first):
@@ -269,7 +270,7 @@ class Trainer:
         self.model.eval()
         metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
         visual = None
-        bar = tqdm(self.loaders.val, desc="validate", disable=not self.cfg.trainer.progress, leave=False)
+        bar = tqdm(self.loaders.val, desc="validate", disable=self.quiet, leave=False)
         for x, y in bar:
             x, y = self._to_device(x, y)
             with oom_hint("validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device), \
@@ -290,7 +291,7 @@ class Trainer:
         self.model.eval()
         metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
         size = self.cfg.backbone.image_size
-        for x, y in tqdm(self.loaders.val_ten_crop, desc="validate (10 crops)", disable=not self.cfg.trainer.progress,
+        for x, y in tqdm(self.loaders.val_ten_crop, desc="validate (10 crops)", disable=self.quiet,
                          leave=False):
             x, y = self._to_device(x, y)
             with oom_hint("10-crop validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchvision.transforms.v2.functional import ten_crop
@@ -50,8 +51,9 @@ class EvalMetrics:
         self.device = device
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
         self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
-        self.losses = RunningMeans()
-        self.mse = RunningMeans()
+        # "loss/<term>" and "mse/<level>": means over samples (each batch weighs its size, so a short last batch
+        # is not over-weighted), summed across DDP ranks by torchmetrics at compute time
+        self.means: dict[str, MeanMetric] = {}
         self.psnr: dict[str, PeakSignalNoiseRatio] = {}
         self.ssim: dict[str, StructuralSimilarityIndexMeasure] = {}
 
@@ -59,8 +61,12 @@ class EvalMetrics:
                targets: dict[str, torch.Tensor]) -> None:
         self.top1.update(logits, labels)
         self.top5.update(logits, labels)
-        self.losses.update(losses)
-        self.mse.update({lv: torch.mean((recons[lv].float() - targets[lv].float()) ** 2) for lv in recons})
+        values = {**{f"loss/{k}": v for k, v in losses.items()},
+                  **{f"mse/{lv}": torch.mean((recons[lv].float() - targets[lv].float()) ** 2) for lv in recons}}
+        for key, value in values.items():
+            if key not in self.means:  # a NaN stays NaN, not dropped ("disable" would drop the weights in 1.9)
+                self.means[key] = MeanMetric(nan_strategy=float("nan")).to(self.device)
+            self.means[key].update(value.detach().float(), weight=len(labels))
         for level, rec in recons.items():
             target = targets[level].float()
             if level not in self.psnr:
@@ -79,8 +85,7 @@ class EvalMetrics:
 
     def compute(self) -> dict[str, float]:
         out = {"top1": self.top1.compute().item() * 100, "top5": self.top5.compute().item() * 100}
-        out.update({f"loss/{k}": v for k, v in self.losses.compute().items()})
-        out.update({f"mse/{k}": v for k, v in self.mse.compute().items()})
+        out.update({k: m.compute().item() for k, m in self.means.items()})
         out.update({f"psnr/{k}": m.compute().item() for k, m in self.psnr.items()})
         out.update({f"ssim/{k}": m.compute().item() for k, m in self.ssim.items()})
         return out
