@@ -341,7 +341,8 @@ class LoggerConf(Checked):
     experiment: str = "default"
     run_name: Optional[str] = None      # default: the job's overrides, e.g. "variant=swwae_all,seed=1"
     sweep_tag: Optional[str] = None     # default: the multirun's output folder
-    log_checkpoint: bool = True
+    log_checkpoint: bool = True         # the final model as the run's MLflow model "model" (the checkpoint stays local)
+    system_metrics: bool = False        # MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml)
 
 
 @dataclass

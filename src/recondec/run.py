@@ -79,7 +79,7 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
             "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
             "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve())}
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
-                         tags, cfg.data.mean, resume_run_id)
+                         tags, cfg.data.mean, resume_run_id, cfg.logger.system_metrics)
 
 
 def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
@@ -178,14 +178,15 @@ def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) ->
     try:
         if continued_run is None:
             tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True))
+            tracker.log_dataset(cfg.data.name, cfg.data.root, "evaluation" if cfg.study == "eval" else "training")
         _log_config_files(tracker, dict_cfg, info, output_dir)
         trainer = build_trainer(cfg, tracker, env)
         if state is not None:
             trainer.load_checkpoint(state)  # last before training: it restores the RNG streams
         metrics = trainer.fit() if cfg.study != "eval" else evaluate_only(trainer)
         last = ckpt.checkpoint_dir(output_dir) / "last.pt"
-        if cfg.logger.log_checkpoint and last.exists():
-            tracker.log_artifact(last, "checkpoints")
+        if cfg.logger.log_checkpoint and cfg.study != "eval" and env.is_main:
+            log_final_model(tracker, trainer)  # the checkpoint itself (with its optimiser state) stays in output_dir
         tracker.finish()
     except Preempted as e:
         log.warning("%s to %s; exit status %d. Continue with resume=auto (submitit requeues by itself)", e,
@@ -200,6 +201,19 @@ def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) ->
     if env.is_main:
         _print_summary(cfg, result)
     return result
+
+
+def log_final_model(tracker, trainer: Trainer, examples: int = 2) -> None:
+    """The trained model as the run's MLflow model "model": a CPU copy of its inference view (images -> logits),
+    in eval mode, with a few validation images as the input example."""
+    import copy
+
+    from recondec.models import Classifier
+
+    x, _ = next(iter(trainer.loaders.val))
+    model = Classifier(copy.deepcopy(trainer.model)).cpu().eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    tracker.log_model(model, x[:examples].float().cpu().contiguous().numpy())
 
 
 def evaluate_only(trainer: Trainer) -> dict[str, float]:

@@ -88,3 +88,10 @@ def test_folder_num_classes_is_counted_from_the_train_folders(compose_cfg, tmp_p
 def test_folder_num_classes_without_train_folders_asks_for_it(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.num_classes=null cannot be inferred: .*train is not a folder"):
         validate(compose_cfg("data=folder", f"data.root={tmp_path}"))
+
+
+def test_logger_system_metrics_is_off_by_default_and_a_bool(compose_cfg):
+    assert compose_cfg().logger.system_metrics is False
+    assert validate(compose_cfg("logger.system_metrics=true")).logger.system_metrics is True
+    with pytest.raises(ConfigCompositionException, match="system_metrics"):
+        compose_cfg("logger.system_metrics=sometimes")

@@ -5,12 +5,14 @@ import sys
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from recondec.config import REPO_ROOT
+from recondec.config import REPO_ROOT, validate
+from recondec.models import build_model
 from recondec.run import JobInfo, run_job
 
 from ..conftest import VARIANTS
@@ -50,7 +52,8 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
         assert {f"train/loss/recon/{lv}", f"val/psnr/{lv}", f"val/mse/{lv}"} <= metrics, lv
     assert ("val/ssim/image" in metrics) == bool(levels)
     arts = artifact_paths(tmp_path / "mlflow.db", run.info.run_id)
-    assert {"config/config_resolved.yaml", "config/overrides.txt", "checkpoints/last.pt"} <= arts
+    assert {"config/config_resolved.yaml", "config/overrides.txt"} <= arts
+    assert not any(a.startswith("checkpoints/") for a in arts)  # the model is logged as an MLflow model instead
     if levels:
         assert "reconstruction_error_per_level.png" in arts and "reconstructions/image.png" in arts
         # the grids of the last epoch also as step-tracked images, one per reconstructed level (the UI's slider)
@@ -81,16 +84,22 @@ def test_mlflow_tracking_uri_from_the_environment_is_where_runs_go(tmp_path, mon
 
 
 def test_resume_continues_at_the_right_epoch_in_the_same_run(compose_cfg, tmp_path):
-    first = [*TINY, "variant=sae_all", "schedule.joint.epochs=1", "logger.experiment=resume"]
+    first = [*TINY, "variant=sae_all", "schedule.joint.epochs=1", "trainer.log_every_n_steps=1",
+             "logger.experiment=resume"]
     r1 = run_job(compose_cfg(*first), JobInfo(overrides=first))
     state = torch.load(r1.checkpoint, weights_only=False)
     assert state["epoch"] == 2 and state["stage"] == "joint"
-    more = [*TINY, "variant=sae_all", "schedule.joint.epochs=3", "resume=auto", "logger.experiment=resume"]
+    more = [*TINY, "variant=sae_all", "schedule.joint.epochs=3", "trainer.log_every_n_steps=1", "resume=auto",
+            "logger.experiment=resume"]
     r2 = run_job(compose_cfg(*more), JobInfo(overrides=more))
     assert r2.run_id == r1.run_id  # the same MLflow run continues
-    assert torch.load(r2.checkpoint, weights_only=False)["epoch"] == 4
+    final = torch.load(r2.checkpoint, weights_only=False)
+    assert final["epoch"] == 4
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert [m.step for m in client.get_metric_history(r1.run_id, "val/top1")] == [1, 2, 3, 4]
+    # running training losses at every optimiser step (trainer.log_every_n_steps=1), across the resume
+    steps = [m.step for m in client.get_metric_history(r1.run_id, "train_step/loss/total")]
+    assert final["step"] == 4 * 3 and sorted(steps) == list(range(1, final["step"] + 1))
 
 
 def test_eval_study_reloads_the_final_model(compose_cfg, tmp_path):
@@ -100,6 +109,21 @@ def test_eval_study_reloads_the_final_model(compose_cfg, tmp_path):
     r2 = run_job(compose_cfg(*ev), JobInfo(overrides=ev))
     assert r2.metrics["val/top1"] == pytest.approx(r1.metrics["val/top1"])
     assert r2.metrics["val/psnr/image"] == pytest.approx(r1.metrics["val/psnr/image"], rel=1e-5)
+    # the training run's MLflow model: the checkpoint's weights, images in, logits out
+    cfg = validate(compose_cfg(*train))
+    net = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes)
+    net.load_state_dict(torch.load(r1.checkpoint, weights_only=False)["model"])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    logged = mlflow.pytorch.load_model(f"runs:/{r1.run_id}/model")
+    x = torch.randn(3, 3, cfg.backbone.image_size, cfg.backbone.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(logged(x), net.eval()(x, decode=False).logits)
+    info = mlflow.models.get_model_info(f"runs:/{r1.run_id}/model")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    # the data set as the run's input (the runs table's Dataset column)
+    (dataset_input,) = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(r1.run_id).inputs.dataset_inputs
+    assert dataset_input.dataset.name == cfg.data.name
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
 
 
 @pytest.mark.slow

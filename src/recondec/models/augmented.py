@@ -100,6 +100,18 @@ class AugmentedNet(nn.Module):
         return AugmentedOutput(enc.logits, recons, targets)
 
 
+class Classifier(nn.Module):
+    """The inference view of an AugmentedNet: images in, class logits out (no decoding). What is logged to MLflow
+    as the run's model, so that ``mlflow.pytorch.load_model(...)(images)`` gives logits directly."""
+
+    def __init__(self, net: AugmentedNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, decode=False).logits
+
+
 def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) -> AugmentedNet:
     encoder = build_encoder(backbone.name, num_classes, backbone.image_size, width=backbone.width,
                             dropout=backbone.dropout, classifier_width=backbone.classifier_width)

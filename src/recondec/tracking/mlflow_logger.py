@@ -1,5 +1,6 @@
-"""MLflow tracking: one run per job, params = the flattened resolved config, per-epoch metrics, figures,
-the config files and the final checkpoint as artifacts. A job that raises is marked FAILED with its
+"""MLflow tracking: one run per job, params = the flattened resolved config, the data set as the run's input,
+per-epoch metrics (and running training losses every trainer.log_every_n_steps), figures, the config files as
+artifacts and the final model as an MLflow model (mlflow.pytorch). A job that raises is marked FAILED with its
 traceback attached, so a grid shows what went wrong where; a preempted one KILLED with a ``preempted`` tag,
 until ``resume=auto`` continues it.
 
@@ -97,17 +98,19 @@ def find_run_dirs(tracking_uri: str, experiment: str, tag: str, value: str) -> l
 
 class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str],
-                 mean: list[float], resume_run_id: Optional[str] = None):
+                 mean: list[float], resume_run_id: Optional[str] = None, system_metrics: bool = False):
         self.uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
         self._call("reaching the store", lambda: MlflowClient(tracking_uri).search_experiments(max_results=1))
         self._call("creating the experiment", set_experiment, tracking_uri, experiment)
         if resume_run_id:
-            self.run = self._call("reopening the run", mlflow.start_run, run_id=resume_run_id)
+            self.run = self._call("reopening the run", mlflow.start_run, run_id=resume_run_id,
+                                  log_system_metrics=system_metrics)
             # where the run lives now, so that the next resume=auto finds its newest checkpoints
             self._call("tagging", mlflow.set_tag, "output_dir", tags["output_dir"])
         else:
-            self.run = self._call("creating the run", mlflow.start_run, run_name=run_name, tags=tags)
+            self.run = self._call("creating the run", mlflow.start_run, run_name=run_name, tags=tags,
+                                  log_system_metrics=system_metrics)
         self.run_id = self.run.info.run_id
         self.mean = mean
 
@@ -143,6 +146,29 @@ class MlflowTracker:
 
     def log_artifacts(self, folder: str | Path, artifact_path: Optional[str] = None) -> None:
         self._call(f"logging {folder}", mlflow.log_artifacts, str(folder), artifact_path)
+
+    def log_model(self, model, input_example) -> None:
+        """`model` (an nn.Module) as the run's MLflow model "model": the pickled module with its weights (loading it
+        needs recondec importable, as for the checkpoint), an input example and the signature inferred from it.
+        Pickled rather than torch.export-ed (MLflow's default): nothing to trace that could fail a finished job.
+        Requirements are given, not inferred: no network, no pip."""
+        import mlflow.pytorch
+        import torch
+
+        self._call("logging the model", mlflow.pytorch.log_model, model, name="model", input_example=input_example,
+                   serialization_format="pickle",
+                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def log_dataset(self, name: str, root: Optional[str], context: str = "training") -> None:
+        """The data set as the run's input (the runs table's Dataset column): its name and where it lives, a
+        light description (no hashing of the data itself)."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        source = LocalArtifactDatasetSource(str(Path(root).resolve())) if root else \
+            CodeDatasetSource({"builtin": name})  # a built-in set, loaded by recondec.data.builtin
+        self._call("logging the data set", mlflow.log_input, MetaDataset(source, name=name), context=context)
 
     def finish(self, error: Optional[BaseException] = None, output_dir: Optional[Path] = None) -> None:
         if error is None:

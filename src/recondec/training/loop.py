@@ -22,10 +22,10 @@ from tqdm import tqdm
 from recondec.config import Config
 from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.training import checkpoint as ckpt
+from recondec.training import distributed
 from recondec.training.distributed import DistEnv
 from recondec.training.metrics import EvalMetrics, RunningMeans, ten_crop_probs
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
-from recondec.training import distributed
 from recondec.training.pretrain import block_lrs, decoder_lr, pretrain_loss
 from recondec.training.schedule import Stage, build_optimizer, build_scheduler, param_groups, plan_stages
 
@@ -105,10 +105,11 @@ class Trainer:
             self.stage_loss = pretrain_loss(self.model, self.cfg.data.std).to(self.device)
             lr_text = "per block " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
         else:
-            lr = self._probed_decoder_lr() if stage.conf.probe_lr and self.model.decoder is not None else stage.conf.lr
+            probe = stage.conf.probe_lr and self.model.decoder is not None
+            lr = self._probed_decoder_lr() if probe else stage.conf.lr
             groups = param_groups(self.model.named_parameters(), self.cfg.schedule, lr)
             self.stage_loss = self.loss_fn
-            lr_text = f"lr {lr:g}" + (" (probed)" if lr is not stage.conf.lr else "")
+            lr_text = f"lr {lr:g}" + (" (probed)" if probe else "")
         self.optimizer = build_optimizer(groups, self.cfg.schedule, fused=self.device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, stage.conf.epochs, self.cfg.schedule)
         log.info("stage %s: epochs %d-%d, %s, %s", stage.name, stage.first_epoch + 1, stage.end_epoch, lr_text,
@@ -224,6 +225,9 @@ class Trainer:
                 means = self.running.compute()  # with verify(), the only host syncs, once per log interval
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
                                 {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
+                if self.tracker and means:  # the epoch's running means so far, against the global step
+                    self.tracker.log_metrics({f"train_step/loss/{k}": v for k, v in means.items()} |
+                                             {"train_step/lr": self.optimizer.param_groups[0]["lr"]}, step=self.step)
             self._step_boundary()
         bar.close()
         self.nonfinite.verify()
