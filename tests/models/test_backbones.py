@@ -1,4 +1,6 @@
 """Encoders: torchvision compatibility, macro-layer shapes, the registry."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -48,7 +50,7 @@ def test_foreign_state_dict_is_refused(tmp_path):
         load_pretrained(build_encoder("vgg16", 10, 32, classifier_width=16), str(path))
 
 
-def seed_cache(name: str, weights: str, state) -> "Path":
+def seed_cache(name: str, weights: str, state) -> Path:
     """Put `state` where torch.hub caches torchvision's `weights` for `name` (the conftest's temporary TORCH_HOME):
     the file an online run downloads once."""
     path = cached_file(torchvision.models.get_model_weights(name)[weights])
