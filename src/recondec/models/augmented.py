@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from recondec.config import BackboneConf, ChannelOrder, LossLevels, Topology, Unpool, VariantConf
-from recondec.models.backbones import Encoder, build_encoder, load_pretrained
+from recondec.models.backbones import Encoder, EncoderOutput, build_encoder, load_pretrained
 from recondec.models.decoders import FCDecoder, LayerwiseDecoder, StackedDecoder, init_decoder, level_name
 
 FC_LEVELS = ("fc6", "fc7", "fc8")
@@ -89,10 +89,18 @@ class AugmentedNet(nn.Module):
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, decode: bool = True, layerwise: bool = False) -> AugmentedOutput:
         """layerwise=True: every decoder block on the clean activation of its level (decoder pre-training)."""
-        need_switches = decode and self.decoder is not None and self.variant.unpool is Unpool.switch
-        enc = self.encoder(x.flip(1) if self.bgr else x, need_switches=need_switches)
-        if not decode or self.decoder is None:
-            return AugmentedOutput(enc.logits)
+        decode = decode and self.decoder is not None
+        enc = self.encode(x, switches=decode)
+        return self.decode(enc, x, layerwise) if decode else AugmentedOutput(enc.logits)
+
+    def encode(self, x: torch.Tensor, switches: bool = True) -> EncoderOutput:
+        """The encoder on RGB images `x`, fed in the weights' channel order; pooling switches where the decoder
+        unpools with them."""
+        need_switches = switches and self.decoder is not None and self.variant.unpool is Unpool.switch
+        return self.encoder(x.flip(1) if self.bgr else x, need_switches=need_switches)
+
+    def decode(self, enc: EncoderOutput, x: torch.Tensor, layerwise: bool = False) -> AugmentedOutput:
+        """The decoding pathway on an encoder output (of images `x`): reconstructions and their targets."""
         recons = self.decoder(enc, (x.shape[-2], x.shape[-1]), layerwise=layerwise)
         if self.bgr:  # the image pathway speaks the weights' channel order; everything outside the model is RGB
             recons["image"] = recons["image"].flip(1)

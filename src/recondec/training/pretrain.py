@@ -23,7 +23,6 @@ import torch
 
 from recondec.config import LossForm, PretrainConf, ScheduleConf
 from recondec.models import AugmentedLoss, AugmentedNet
-from recondec.models.augmented import AugmentedOutput
 from recondec.models.losses import euclidean
 from recondec.training.schedule import build_optimizer, param_groups
 
@@ -55,9 +54,8 @@ def block_batches(model: AugmentedNet, loss_fn: AugmentedLoss, images: Iterable[
                   ) -> list[list[BlockBatch]]:
     """Per block, the cached inputs and targets of each batch (the encoder is frozen: computed once)."""
     per_block: list[list[BlockBatch]] = [[] for _ in model.decoder.blocks]
-    need_switches = model.variant.unpool.value == "switch"
     for x in images:
-        enc = model.encoder(x.flip(1) if model.bgr else x, need_switches=need_switches)
+        enc = model.encode(x)
         for i in range(len(per_block)):
             below = loss_fn.image_target(x) if i == 0 else enc.activations[i - 1]
             if i == 0 and model.bgr:
@@ -126,18 +124,11 @@ def decoder_lr(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, 
                sample_images: Callable[[int], list[torch.Tensor]]) -> float:
     """The decoder stage's LR by the same rule: the whole decoder, the variant's reconstruction terms (the
     classification term is constant while the encoder is frozen), on cached encoder outputs."""
-    need_switches = model.variant.unpool.value == "switch"
-    cached = []
     with torch.no_grad():
-        for x in sample_images(conf.probe_batches):
-            cached.append((x, model.encoder(x.flip(1) if model.bgr else x, need_switches=need_switches)))
+        cached = [(x, model.encode(x)) for x in sample_images(conf.probe_batches)]
 
     def recon_loss(x: torch.Tensor, enc) -> torch.Tensor:
-        recons = model.decoder(enc, (x.shape[-2], x.shape[-1]))
-        if model.bgr:
-            recons["image"] = recons["image"].flip(1)
-        targets = {m.name: a for m, a in zip(model.encoder.macro_layers, enc.activations) if m.name in recons}
-        return loss_fn.weighted_recon(loss_fn.recon_terms(AugmentedOutput(enc.logits, recons, targets), x))
+        return loss_fn.weighted_recon(loss_fn.recon_terms(model.decode(enc, x), x))
 
     lr, drops = probe_lr(model.decoder, [partial(recon_loss, x, enc) for x, enc in cached], conf.lr_candidates,
                          conf.probe_steps, schedule)
