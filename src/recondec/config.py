@@ -343,19 +343,33 @@ class LoggerConf(Checked):
     sweep_tag: Optional[str] = None     # default: the multirun's output folder
     log_checkpoint: bool = True         # the final model as the run's MLflow model "model" (the checkpoint stays local)
     system_metrics: bool = False        # MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml)
+    tags: dict[str, str] = field(default_factory=dict)  # extra run tags (the cached classifier's run: role=classifier)
+
+
+@dataclass
+class ClassifierConf(Checked):
+    """The classifier a job starts from, as in the paper's protocol (fine-tune a pretrained classifier): trained
+    once per (backbone, data, classifier settings), cached under a key derived from them, its own MLflow run, and
+    reused by every job and every later grid with the same settings. epochs=0: off (backbone.pretrained or the
+    initialisation is the start)."""
+    epochs: int = 0
+    seed: int = 0                       # one classifier for all seeds of a grid: jobs differ only in what they add
+    schedule: Optional[ScheduleConf] = None  # how it is trained; None: the job's own schedule (its joint stage)
+    cache_dir: str = "${repo_root:}/multirun/classifiers"  # <cache_dir>/<key>/: encoder.pt, the run's outputs
+
+    def check(self) -> None:
+        _require(self.epochs >= 0, "classifier.epochs", "an integer >= 0", self.epochs)
 
 
 @dataclass
 class ReconStudyConf(Checked):
-    """The reconstruction study (study=recon): decoders trained on a frozen classifier, one per level."""
-    classifier: Optional[str] = None    # encoder weights (torchvision format); None: train one (or reuse a cached one)
-    classifier_epochs: int = 5
+    """The reconstruction study (study=recon): decoders trained on a frozen classifier, one per level. The
+    classifier is backbone.pretrained, or trained once and cached (classifier.epochs)."""
     decoder_epochs: int = 3
     levels: list[str] = field(default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "fc8"])
     figure_images: int = 4
 
     def check(self) -> None:
-        _require(self.classifier_epochs > 0, "recon.classifier_epochs", "an integer > 0", self.classifier_epochs)
         _require(self.decoder_epochs > 0, "recon.decoder_epochs", "an integer > 0", self.decoder_epochs)
         _require(bool(self.levels), "recon.levels", "a non-empty list of levels", self.levels)
 
@@ -373,6 +387,7 @@ class Config:
     output_dir: str = "."
     study: Study = Study.train
     recon: ReconStudyConf = field(default_factory=ReconStudyConf)
+    classifier: ClassifierConf = field(default_factory=ClassifierConf)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -401,6 +416,9 @@ def validate(cfg: DictConfig) -> Config:
         if isinstance(e.__cause__, ConfigError):
             raise e.__cause__ from None
         raise
+    _require(obj.study != Study.recon or obj.classifier.epochs or obj.backbone.pretrained, "classifier.epochs",
+             "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
+             obj.classifier.epochs)
     per_rank, rest = divmod(obj.schedule.batch_size, obj.trainer.devices)
     _require(rest == 0 and per_rank > 0, "schedule.batch_size",
              f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)", obj.schedule.batch_size)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from recondec.config import Config, validate
 from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
+from recondec.studies.classifier import with_classifier
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
@@ -77,7 +78,7 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
 
     tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
             "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
-            "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve())}
+            "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **cfg.logger.tags}
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
                          tags, cfg.data.mean, resume_run_id, cfg.logger.system_metrics)
 
@@ -142,6 +143,9 @@ def build_trainer(cfg: Config, tracker, env: DistEnv = DistEnv()) -> Trainer:
 
 def run_job(dict_cfg: DictConfig, info: JobInfo, env: Optional[DistEnv] = None) -> JobResult:
     cfg = validate(dict_cfg)  # every bad value fails here, before any work
+    if cfg.classifier.epochs and cfg.study == "train":  # start from the cached classifier (trained now if missing)
+        dict_cfg = with_classifier(dict_cfg, info.overrides, train_classifier)
+        cfg = validate(dict_cfg)
     env = env or distributed.env_from_launcher()  # torchrun / SLURM tasks are ranks already
     if cfg.trainer.devices > 1 and not env.enabled:
         return spawn_job(dict_cfg, info, cfg.trainer.devices)
@@ -149,6 +153,11 @@ def run_job(dict_cfg: DictConfig, info: JobInfo, env: Optional[DistEnv] = None) 
         return _run_rank(dict_cfg, cfg, info, env)
     finally:
         distributed.shutdown()
+
+
+def train_classifier(dict_cfg: DictConfig, overrides: list[str]) -> JobResult:
+    """The classifier's own job: one process, whatever launched the job that needs it."""
+    return run_job(dict_cfg, JobInfo(overrides=overrides), DistEnv())
 
 
 def spawn_job(dict_cfg: DictConfig, info: JobInfo, devices: int) -> JobResult:

@@ -32,12 +32,10 @@ def test_joint_fmnist_preset_runs(compose_cfg, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose_cfg, tmp_path, monkeypatch):
-    import recondec.studies.recon as recon
-
-    monkeypatch.setattr(recon, "REPO_ROOT", tmp_path)  # the classifier cache goes to the temp folder
-    overrides = ["experiment=recon_fmnist", "recon.classifier_epochs=1", "recon.decoder_epochs=1",
-                 "recon.levels=[pool4,fc7]", "recon.figure_images=2", *TINY]
+def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose_cfg, tmp_path):
+    overrides = ["experiment=recon_fmnist", "classifier.epochs=1", "recon.decoder_epochs=1",
+                 f"classifier.cache_dir={tmp_path}/classifiers", "recon.levels=[pool4,fc7]", "recon.figure_images=2",
+                 *TINY]
     cfg = compose_cfg(*overrides)
     results = run_recon_study(cfg, JobInfo(overrides=overrides))
     assert set(results) == {"sae_from_pool4", "swwae_from_pool4", "sae_from_fc7", "swwae_from_fc7"}
@@ -45,12 +43,12 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
     table = (tmp_path / "recon_table.md").read_text()
     assert "| pool4 |" in table and "| fc7 |" in table
     assert (tmp_path / "recon_levels.png").stat().st_size > 1000
-    cached = list((tmp_path / "multirun" / "classifiers").glob("*/encoder.pt"))
+    cached = list((tmp_path / "classifiers").glob("*/encoder.pt"))
     assert len(cached) == 1
     # a second study with the same classifier settings reuses it instead of training again
     results2 = run_recon_study(compose_cfg(*overrides, "recon.levels=[pool4]"), JobInfo(overrides=overrides))
     runs = mlflow.search_runs(experiment_names=["recon_fmnist"], output_format="list")
-    assert sum(r.data.tags.get("mlflow.runName") == "classifier" for r in runs) == 1
+    assert sum(r.data.tags.get("role") == "classifier" for r in runs) == 1
     decoders = [r for r in runs if "_from_" in r.data.tags.get("mlflow.runName", "")]
     assert decoders and {r.data.params["loss.weights.image"] for r in decoders} == {"1.0"}  # as the reference
     assert set(results2) == {"sae_from_pool4", "swwae_from_pool4"}

@@ -1,13 +1,13 @@
 """The reconstruction study (the paper's first finding): how much of the image survives at each level.
 
-A classifier is trained (or reused, or loaded from a local file), frozen, and for each level an SAE-first
-decoder (fixed unpooling) and an SWWAE-first decoder (switch unpooling) are trained to reconstruct the
-image from that level alone, with the image loss at weight 1 as in the reference's reconstruction models. Each decoder is one ordinary tracked job; the study then writes a table of
-the per-level validation error (MSE, PSNR, SSIM) and a figure with one row per level.
+The classifier (backbone.pretrained, or trained once and cached: classifier.epochs) is frozen, and for each level
+an SAE-first decoder (fixed unpooling) and an SWWAE-first decoder (switch unpooling) are trained to reconstruct
+the image from that level alone, with the image loss at weight 1 as in the reference's reconstruction models.
+Each decoder is one ordinary tracked job; the study then writes a table of the per-level validation error
+(MSE, PSNR, SSIM) and a figure with one row per level.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -19,10 +19,10 @@ import mlflow  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from recondec.config import REPO_ROOT  # noqa: E402
 from recondec.data import build_loaders  # noqa: E402
 from recondec.models import build_model  # noqa: E402
-from recondec.run import JobInfo, run_job  # noqa: E402
+from recondec.run import JobInfo, run_job, train_classifier  # noqa: E402
+from recondec.studies.classifier import with_classifier  # noqa: E402
 from recondec.tracking.mlflow_logger import set_experiment  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -38,43 +38,20 @@ def _sub_config(cfg: DictConfig, name: str, **values) -> DictConfig:
     return sub
 
 
-def classifier_key(cfg: DictConfig) -> str:
-    """Same backbone, data, schedule and seed -> the same cached classifier."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "data", "schedule")}
-    parts["seed"], parts["epochs"] = cfg.trainer.seed, cfg.recon.classifier_epochs
-    return hashlib.sha1(repr(sorted(parts.items())).encode()).hexdigest()[:12]
-
-
-def ensure_classifier(cfg: DictConfig, info: JobInfo) -> Path:
-    """The frozen classifier's encoder weights in torchvision format: given, cached, or trained now."""
-    if cfg.recon.classifier:
-        return Path(cfg.recon.classifier)
-    if cfg.backbone.pretrained:
-        return Path(cfg.backbone.pretrained)
-    cached = REPO_ROOT / "multirun" / "classifiers" / classifier_key(cfg) / "encoder.pt"
-    if cached.exists():
-        log.info("reusing the classifier trained before: %s", cached)
-        return cached
-    sub = _sub_config(cfg, "classifier", **{"variant.name": "baseline", "variant.topology": "none",
-                                            "schedule.decoder.epochs": 0,
-                                            "schedule.joint.epochs": cfg.recon.classifier_epochs})
-    result = run_job(sub, JobInfo(overrides=[*info.overrides, "recon=classifier"]))
-    state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
-    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder, cached)
-    return cached
+def ensure_classifier(cfg: DictConfig, info: JobInfo) -> DictConfig:
+    """`cfg` with backbone.pretrained the frozen classifier: given, or the cached one (trained now if missing)."""
+    return cfg if not cfg.classifier.epochs else with_classifier(cfg, info.overrides, train_classifier)
 
 
 def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float]]:
-    encoder_path = ensure_classifier(cfg, info)
+    cfg = ensure_classifier(cfg, info)
     results, checkpoints = {}, {}
     for level in cfg.recon.levels:
         for kind, unpool in UNPOOLS.items():
             name = f"{kind}_from_{level}"
             sub = _sub_config(cfg, name, **{
                 "variant.name": f"{kind}_first", "variant.topology": "stacked", "variant.unpool": unpool,
-                "variant.losses": "first", "variant.decode_from": level, "backbone.pretrained": str(encoder_path),
+                "variant.losses": "first", "variant.decode_from": level,
                 "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0,
                 "loss.weights.image": 1.0})  # loss weight 1, as the reference's reconstruction models
             result = run_job(sub, JobInfo(overrides=[*info.overrides, f"recon={name}"]))

@@ -1,39 +1,50 @@
-"""Paper-style comparison tables from the runs MLflow stores.
+"""Paper-style comparison of one MLflow experiment: every variant against the baseline, as statistics.
 
-Per variant: mean and standard deviation over seeds of top-1, top-5, the validation reconstruction error
-of each level and img/s. A difference to the baseline is called real only when it exceeds twice its
-standard error (about a 95% interval); otherwise the table says it is within the noise of the seeds.
+Per variant: mean ± std over seeds of top-1, top-5, the image reconstruction error and img/s. Against the
+baseline, for top-1: the difference of the means with its 95 % confidence interval and Welch's t-test p-value
+(unequal variances), Holm's adjustment of those p-values for the number of variants compared, and the paired
+difference over the seeds that variant and baseline share (same seed: same data order, same decoder-free
+start). The verdict sentence is generated from those numbers: "beats" / "worse than" when the 95 % interval of
+the difference excludes 0, otherwise "no difference detected", with the interval saying how large a
+difference the seeds could have missed.
+
+One run per (variant, seed) counts: when a grid was run twice into one experiment, the newest finished run of
+each pair is used (``--sweep`` restricts the report to one multirun folder).
 """
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Optional
 
-import matplotlib
+import mlflow
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-
-from recondec.tracking.mlflow_logger import set_experiment  # noqa: E402
+from recondec.tracking.mlflow_logger import set_experiment
 
 VARIANT_ORDER = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 SUMMARY_TAG = "summary"
+CONFIDENCE = 0.95
 # single centre crop, then 10 crops (trainer.ten_crop) where the runs have them
 ACCURACY = {"val/top1": "top-1 (%)", "val/top5": "top-5 (%)", "val/top1_10crop": "top-1 10-crop (%)",
             "val/top5_10crop": "top-5 10-crop (%)"}
+OTHER = {"val/mse/image": ("image MSE", 4), "val/psnr/image": ("image PSNR (dB)", 2),
+         "train/img_per_s": ("img/s", 0)}
 
 
 @dataclass
 class Stat:
-    values: list[float] = field(default_factory=list)
+    """One metric of one variant: its value per seed."""
+    by_seed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def values(self) -> list[float]:
+        return list(self.by_seed.values())
 
     @property
     def n(self) -> int:
-        return len(self.values)
+        return len(self.by_seed)
 
     @property
     def mean(self) -> float:
@@ -43,87 +54,198 @@ class Stat:
     def std(self) -> float:
         return stdev(self.values) if self.n > 1 else 0.0
 
+    def ci(self) -> tuple[float, float]:
+        """Confidence interval of the mean (t distribution)."""
+        from scipy import stats
+
+        if self.n < 2:
+            return (math.nan, math.nan)
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.std / math.sqrt(self.n)
+        return (self.mean - half, self.mean + half)
+
     def fmt(self, digits: int = 2) -> str:
-        if not self.values:
+        if not self.by_seed:
             return "-"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
 
 
-def finished_runs(tracking_uri: str, experiment: str) -> list:
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise ValueError(f"no MLflow experiment named {experiment!r} in {tracking_uri}")
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'",
-                              output_format="list")
-    return [r for r in runs if SUMMARY_TAG not in r.data.tags and "variant" in r.data.tags]
+@dataclass
+class Comparison:
+    """A variant's metric minus the baseline's."""
+    n: int
+    n_base: int
+    diff: float
+    ci: tuple[float, float]      # Welch
+    p: float                     # Welch's t-test, two-sided
+    n_pairs: int                 # seeds both have
+    paired_diff: float
+    paired_ci: tuple[float, float]
+    paired_p: float
+    p_holm: float = math.nan     # set by holm() across the variants compared
 
 
-def collect(runs) -> dict[str, dict[str, Stat]]:
-    """variant -> metric -> Stat over its runs (one run per seed)."""
-    table: dict[str, dict[str, Stat]] = defaultdict(lambda: defaultdict(Stat))
-    for run in runs:
-        for key, value in run.data.metrics.items():
-            if key in ACCURACY or key == "train/img_per_s" or key.startswith(("val/mse/", "val/psnr/")):
-                table[run.data.tags["variant"]][key].values.append(value)
-    return table
+def compare(v: Stat, base: Stat) -> Comparison:
+    from scipy import stats
 
-
-def verdict(v: Stat, base: Stat) -> str:
-    """Compare a variant's mean top-1 with the baseline's, against the noise of the seeds."""
-    if v.n < 2 or base.n < 2:
-        return "one seed: noise unknown"
+    q = 0.5 + CONFIDENCE / 2
     diff = v.mean - base.mean
-    se = math.sqrt(v.std ** 2 / v.n + base.std ** 2 / base.n)
-    if abs(diff) <= 2 * se:
-        return f"{diff:+.2f}: within the noise of the seeds (2 SE = {2 * se:.2f})"
-    return f"{diff:+.2f}: {'above' if diff > 0 else 'below'} the baseline (2 SE = {2 * se:.2f})"
+    if v.n >= 2 and base.n >= 2:
+        a, b = v.std ** 2 / v.n, base.std ** 2 / base.n
+        se = math.sqrt(a + b)
+        if se > 0:
+            df = (a + b) ** 2 / (a ** 2 / (v.n - 1) + b ** 2 / (base.n - 1))  # Welch-Satterthwaite
+            half = stats.t.ppf(q, df) * se
+            ci, p = (diff - half, diff + half), float(stats.ttest_ind(v.values, base.values, equal_var=False).pvalue)
+        else:  # identical values within each group: no noise to test against
+            ci, p = (diff, diff), (1.0 if diff == 0 else 0.0)
+    else:
+        ci, p = (math.nan, math.nan), math.nan
+    shared = sorted(set(v.by_seed) & set(base.by_seed))
+    d = [v.by_seed[s] - base.by_seed[s] for s in shared]
+    if len(d) >= 2 and stdev(d) > 0:
+        half = stats.t.ppf(q, len(d) - 1) * stdev(d) / math.sqrt(len(d))
+        paired = (mean(d), (mean(d) - half, mean(d) + half), float(stats.ttest_1samp(d, 0.0).pvalue))
+    elif len(d) >= 2:
+        paired = (mean(d), (mean(d), mean(d)), 1.0 if mean(d) == 0 else 0.0)
+    else:
+        paired = (mean(d) if d else math.nan, (math.nan, math.nan), math.nan)
+    return Comparison(v.n, base.n, diff, ci, p, len(d), *paired)
+
+
+def holm(comparisons: dict[str, Comparison]) -> None:
+    """Holm's step-down adjustment of the Welch p-values, in place (family: the variants compared)."""
+    ranked = sorted((c.p, name) for name, c in comparisons.items() if not math.isnan(c.p))
+    m, running = len(ranked), 0.0
+    for i, (p, name) in enumerate(ranked):
+        running = max(running, min(1.0, (m - i) * p))
+        comparisons[name].p_holm = running
+
+
+def verdict(c: Comparison, what: str = "top-1") -> str:
+    """The sentence the numbers produce (difference in points of `what`)."""
+    if c.n < 2 or c.n_base < 2:
+        return f"{c.diff:+.2f} points of {what} from one seed: the noise is unknown, no verdict"
+    lo, hi = c.ci
+    interval = f"{c.diff:+.2f} points of {what}, {CONFIDENCE:.0%} CI [{lo:+.2f}, {hi:+.2f}], Welch p = {c.p:.3g}"
+    if lo > 0 or hi < 0:
+        word = "beats" if lo > 0 else "is worse than"
+        holm_note = "" if math.isnan(c.p_holm) or c.p_holm < 1 - CONFIDENCE else \
+            f"; not after Holm's correction for the variants compared (p = {c.p_holm:.3g})"
+        return f"{word} the baseline: {interval}{holm_note}"
+    return f"no difference from the baseline detected: {interval}; the interval bounds what {c.n} seeds can rule out"
 
 
 def ordered(variants) -> list[str]:
     return sorted(variants, key=lambda v: (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else 99, v))
 
 
-def levels_of(table) -> list[str]:
-    found = {k[len("val/mse/"):] for stats in table.values() for k in stats if k.startswith("val/mse/")}
-    return sorted(found, key=lambda lv: (lv != "image", lv))
+# ---------------------------------------------------------------------------------------------- MLflow
+def finished_runs(tracking_uri: str, experiment: str, sweep: Optional[str] = None) -> list:
+    """The newest finished run per (variant, seed) of `experiment` (of one sweep folder, if given); summary runs
+    and the cached classifiers' runs are not variants."""
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no MLflow experiment named {experiment!r} in {tracking_uri}")
+    query = "attributes.status = 'FINISHED'" + (f" and tags.sweep = '{sweep}'" if sweep else "")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, output_format="list",
+                              order_by=["attributes.start_time DESC"])
+    newest: dict[tuple[str, str], object] = {}
+    for r in runs:
+        tags = r.data.tags
+        if SUMMARY_TAG in tags or tags.get("role") == "classifier" or "variant" not in tags:
+            continue
+        newest.setdefault((tags["variant"], tags.get("seed", r.info.run_id)), r)
+    return list(newest.values())
 
 
-def markdown(table, experiment: str) -> str:
-    levels = levels_of(table)
-    seeds = max((s["val/top1"].n for s in table.values()), default=0)
+def collect(runs) -> dict[str, dict[str, Stat]]:
+    """variant -> metric -> Stat (the last logged value of each run, keyed by its seed)."""
+    table: dict[str, dict[str, Stat]] = {}
+    for run in runs:
+        stats = table.setdefault(run.data.tags["variant"], {})
+        seed = run.data.tags.get("seed", run.info.run_id)
+        for key, value in run.data.metrics.items():
+            if key in ACCURACY or key in OTHER or key.startswith(("val/mse/", "val/psnr/")):
+                stats.setdefault(key, Stat()).by_seed[seed] = value
+    return table
+
+
+def comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
+    base = table.get("baseline", {}).get(metric)
+    if base is None:
+        return {}
+    found = {v: compare(table[v][metric], base) for v in ordered(table) if v != "baseline" and metric in table[v]}
+    holm(found)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _ci(ci: tuple[float, float]) -> str:
+    return "-" if math.isnan(ci[0]) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.3g}"
+
+
+def markdown(table, experiment: str, comps: dict[str, Comparison]) -> str:
+    seeds = sorted({s for stats in table.values() for s in stats.get("val/top1", Stat()).by_seed}, key=str)
     accuracy = [k for k in ACCURACY if any(k in s for s in table.values())]
-    head = ["variant", "runs", *[ACCURACY[k] for k in accuracy], *[f"MSE {lv}" for lv in levels], "img/s",
-            "top-1 vs baseline"]
-    lines = [f"# {experiment}: mean ± std over up to {seeds} seeds", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = table.get("baseline", {}).get("val/top1")
+    other = [k for k in OTHER if any(k in s for s in table.values())]
+    head = ["variant", "seeds", *[ACCURACY[k] for k in accuracy], *[OTHER[k][0] for k in other]]
+    lines = [f"# {experiment}", "", f"Mean ± std over seeds ({', '.join(seeds)}); one finished run per variant "
+             "and seed.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in ordered(table):
         s = table[v]
-        cells = [v, str(s["val/top1"].n), *[s[k].fmt() for k in accuracy],
-                 *[s[f"val/mse/{lv}"].fmt(4) if f"val/mse/{lv}" in s else "-" for lv in levels],
-                 s["train/img_per_s"].fmt(0),
-                 "-" if base is None or v == "baseline" else verdict(s["val/top1"], base)]
+        cells = [v, str(s.get("val/top1", Stat()).n), *[s[k].fmt() if k in s else "-" for k in accuracy],
+                 *[s[k].fmt(OTHER[k][1]) if k in s else "-" for k in other]]
         lines.append("| " + " | ".join(cells) + " |")
+    if comps:
+        lines += ["", f"Top-1 against the baseline ({CONFIDENCE:.0%} confidence; Welch: unequal variances; "
+                  "Holm: adjusted for the variants compared; paired: over the seeds both have).", "",
+                  "| variant | Δ top-1 | 95 % CI | Welch p | Holm p | paired Δ (seeds) | paired 95 % CI | paired p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for v, c in comps.items():
+            lines.append(f"| {v} | {c.diff:+.2f} | {_ci(c.ci)} | {_p(c.p)} | {_p(c.p_holm)} | "
+                         f"{c.paired_diff:+.2f} ({c.n_pairs}) | {_ci(c.paired_ci)} | {_p(c.paired_p)} |")
+        lines += ["", "Verdicts:", ""] + [f"- **{v}** {verdict(c)}." for v, c in comps.items()]
     return "\n".join(lines) + "\n"
 
 
 def plot_accuracy(table):
-    variants = ordered(table)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    means = [table[v]["val/top1"].mean for v in variants]
-    stds = [table[v]["val/top1"].std for v in variants]
-    ax.bar(variants, means, yerr=stds, capsize=4, color=["grey" if v == "baseline" else "tab:blue" for v in variants])
-    lo = min(m - s for m, s in zip(means, stds))
-    ax.set_ylim(max(0, lo - 2), min(100, max(m + s for m, s in zip(means, stds)) + 1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in ordered(table) if "val/top1" in table[v]]
+    stats = [table[v]["val/top1"] for v in variants]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for i, (v, s) in enumerate(zip(variants, stats)):
+        color = "grey" if v == "baseline" else "tab:blue"
+        ax.scatter([i] * s.n, s.values, s=12, color=color, alpha=0.5, zorder=2)
+        lo, hi = s.ci()
+        if not math.isnan(lo):
+            ax.errorbar(i, s.mean, yerr=[[s.mean - lo], [hi - s.mean]], fmt="o", color=color, capsize=5, zorder=3)
+        else:
+            ax.plot(i, s.mean, "o", color=color)
+    if "baseline" in variants:
+        lo, hi = table["baseline"]["val/top1"].ci()
+        if not math.isnan(lo):
+            ax.axhspan(lo, hi, color="grey", alpha=0.15, zorder=1, label=f"baseline {CONFIDENCE:.0%} CI")
+            ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks(range(len(variants)), variants, rotation=30)
     ax.set_ylabel("val top-1 (%)")
-    ax.set_title("accuracy per variant (mean ± std over seeds)")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set_title(f"top-1 per variant: seeds (dots), mean and {CONFIDENCE:.0%} CI of the mean")
     fig.tight_layout()
     return fig
 
 
 def plot_recon_error(table):
-    levels = levels_of(table)
+    import matplotlib.pyplot as plt
+
+    levels = sorted({k[len("val/mse/"):] for s in table.values() for k in s if k.startswith("val/mse/")},
+                    key=lambda lv: (lv != "image", lv))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for v in ordered(table):
         pts = [(i, table[v][f"val/mse/{lv}"].mean) for i, lv in enumerate(levels) if f"val/mse/{lv}" in table[v]]
@@ -138,14 +260,16 @@ def plot_recon_error(table):
     return fig
 
 
-def write_report(tracking_uri: str, experiment: str, out_dir: Path) -> tuple[Path, str]:
+def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optional[str] = None) -> tuple[Path, str]:
     """Write report.md and the plots into out_dir and log them to MLflow as one summary run."""
-    table = collect(finished_runs(tracking_uri, experiment))
+    import matplotlib.pyplot as plt
+
+    table = collect(finished_runs(tracking_uri, experiment, sweep))
     if not table:
         raise ValueError(f"experiment {experiment!r} has no finished runs to report on")
+    comps = comparisons(table)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(table, experiment)
-    (out_dir / "report.md").write_text(text)
+    (out_dir / "report.md").write_text(markdown(table, experiment, comps))
     figures = {"accuracy_per_variant.png": plot_accuracy(table), "recon_error_per_level.png": plot_recon_error(table)}
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=120)
@@ -154,5 +278,8 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path) -> tuple[Pat
     with mlflow.start_run(run_name=f"report {experiment}", tags={SUMMARY_TAG: "true"}) as run:
         for v, stats in table.items():
             mlflow.log_metrics({f"{v}/{k}_mean": s.mean for k, s in stats.items()})
+        for v, c in comps.items():
+            mlflow.log_metrics({f"{v}/top1_diff": c.diff, f"{v}/top1_diff_ci_low": c.ci[0],
+                                f"{v}/top1_diff_ci_high": c.ci[1], f"{v}/top1_welch_p": c.p})
         mlflow.log_artifacts(str(out_dir), "report")
     return out_dir / "report.md", run.info.run_id

@@ -26,15 +26,16 @@ def previous_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def save_atomic(state: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
+def save_atomic(state: dict[str, Any], path: Path, keep_previous: bool = False, stamped: bool = True) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
     half-written file under the final name. `keep_previous`: the file being replaced becomes
-    `<name>.prev.pt` (its step is older, so `find_latest` only picks it when the newest is unreadable)."""
+    `<name>.prev.pt` (its step is older, so `find_latest` only picks it when the newest is unreadable).
+    `stamped`: a checkpoint (with the format version); false for a plain state dict."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({**state, "format": FORMAT}, f)
+            torch.save({**state, "format": FORMAT} if stamped else state, f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():

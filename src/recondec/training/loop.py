@@ -88,9 +88,20 @@ class Trainer:
     def stage_at(self, epoch: int) -> Stage:
         return next(s for s in self.stages if s.first_epoch <= epoch < s.end_epoch)
 
-    def enter_stage(self, stage: Stage) -> None:
-        """Freeze or unfreeze what the stage trains and give it a fresh optimiser and LR schedule."""
+    @property
+    def data_epoch(self) -> int:
+        """The epoch within the current stage: it seeds the data order. Every stage sees the same sequence of
+        orders, so a variant's joint stage and the baseline's (which has no decoder stages before it) see the
+        same batches."""
+        return self.epoch - self._stage.first_epoch
+
+    def enter_stage(self, stage: Stage, reseed: bool = True) -> None:
+        """Freeze or unfreeze what the stage trains and give it a fresh optimiser and LR schedule. The global RNG
+        is reseeded from (seed, stage), so what a stage draws (dropout) does not depend on the stages before it:
+        a variant and the baseline draw the same masks in their joint stages."""
         self._stage = stage
+        if reseed:
+            torch.manual_seed(self.cfg.trainer.seed * 1_000 + ("pretrain", "decoder", "joint").index(stage.name))
         self.model.set_encoder_frozen(stage.conf.freeze_encoder)
         pretraining = stage.name == "pretrain"
         if self.model.decoder is not None:
@@ -131,7 +142,7 @@ class Trainer:
         return lr
 
     def _first_train_images(self, n: int) -> list[torch.Tensor]:
-        self.loaders.train.set_epoch(self.epoch)
+        self.loaders.train.set_epoch(self.data_epoch)
         images = []
         for x, y in self.loaders.train:
             images.append(self._to_device(x, y)[0])
@@ -209,7 +220,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         first = self.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
-        self.loaders.train.set_epoch(self.epoch, skip_batches=first)
+        self.loaders.train.set_epoch(self.data_epoch, skip_batches=first)
         seen, start = 0, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=self.quiet,
                    desc=f"epoch {self.epoch + 1}/{self.total_epochs} [{self._stage.name}]", leave=False,
@@ -335,12 +346,16 @@ class Trainer:
         running = state.get("running", {"sums": {}, "count": 0})
         self.running.sums = {k: v.to(self.device) for k, v in running["sums"].items()}
         self.running.count = running["count"]
-        if self.epoch < self.total_epochs:
-            stage = self.stage_at(self.epoch)
-            self.enter_stage(stage)
-            if state.get("stage") == stage.name:  # mid-stage: keep the optimiser's momentum and the LR position
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        stage = self.stage_at(self.epoch) if self.epoch < self.total_epochs else None
+        if stage is not None and state.get("stage") == stage.name:
+            # mid-stage: keep the optimiser's momentum and the LR position, then the random streams
+            self.enter_stage(stage, reseed=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+        else:  # at a stage boundary: the next stage starts (and reseeds) as in an uninterrupted run
+            ckpt.set_rng_state(state["rng"])
+            if stage is not None:
+                self.enter_stage(stage)
         log.info("resumed at epoch %d, batch %d (step %d)", self.epoch + 1, self.batch_in_epoch, self.step)

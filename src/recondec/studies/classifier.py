@@ -1,0 +1,102 @@
+"""The classifier a job starts from (``classifier.epochs > 0``), as in the paper's protocol: every job of a
+grid fine-tunes the same pretrained classifier, with or without decoding pathways.
+
+It is trained once, by an ordinary tracked job (the baseline variant, its own MLflow run tagged
+``role=classifier``), and cached at ``<classifier.cache_dir>/<key>/encoder.pt``. The key is a hash of what
+decides its weights (backbone, data, the schedule it is trained with, its epochs and seed, precision), so a
+second grid with the same settings reuses it, and changing any of them trains a new one. A file lock makes
+concurrent jobs (a SLURM array, DDP ranks on one node) wait for one training instead of each starting one.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recondec.config import ConfigError, PretrainConf, StageConf
+from recondec.training import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+# data settings that change how fast, not what, the classifier learns
+_NOT_IN_KEY = {"data": ("num_workers",), "backbone": ("pretrained",)}
+
+
+def classifier_schedule(cfg: DictConfig) -> dict:
+    """The schedule the classifier is trained with: classifier.schedule (or the job's own), stages other than the
+    joint one off, and the joint stage classifier.epochs long."""
+    base = cfg.classifier.schedule if cfg.classifier.schedule is not None else cfg.schedule
+    schedule = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
+    schedule["pretrain"] = OmegaConf.to_container(OmegaConf.structured(PretrainConf), enum_to_str=True)
+    schedule["decoder"] = OmegaConf.to_container(OmegaConf.structured(StageConf(freeze_encoder=True)))
+    schedule["joint"] = {"epochs": cfg.classifier.epochs, "lr": schedule["joint"]["lr"], "freeze_encoder": False,
+                         "probe_lr": False}
+    return schedule
+
+
+def classifier_key(cfg: DictConfig) -> str:
+    parts = {group: {k: v for k, v in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items()
+                     if k not in _NOT_IN_KEY[group]} for group in _NOT_IN_KEY}
+    parts.update(schedule=classifier_schedule(cfg), seed=cfg.classifier.seed, precision=cfg.trainer.precision,
+                 classification_weight=cfg.loss.classification)
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def classifier_job(cfg: DictConfig, folder: Path) -> DictConfig:
+    """The job that trains the classifier: the baseline under the classifier's schedule and seed."""
+    sub = cfg.copy()
+    OmegaConf.set_struct(sub, False)
+    values = {"variant": {"name": "baseline", "topology": "none", "unpool": "fixed", "losses": "first",
+                          "decode_from": None},
+              "schedule": classifier_schedule(cfg), "trainer.seed": cfg.classifier.seed, "classifier.epochs": 0,
+              "backbone.pretrained": None, "study": "train", "resume": None, "output_dir": str(folder / "run"),
+              "logger.run_name": f"classifier {folder.name}",
+              "logger.tags": {"role": "classifier", "classifier_key": folder.name}}
+    for key, value in values.items():
+        OmegaConf.update(sub, key, value, merge=True)  # dicts: every key given, typed by the schema
+    OmegaConf.set_struct(sub, True)
+    return sub
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def with_classifier(cfg: DictConfig, overrides: list[str], train: Callable) -> DictConfig:
+    """`cfg` starting from the cached classifier: backbone.pretrained is its encoder.pt, and the run tags name the
+    classifier's key and MLflow run. When it is not cached yet, `train(job_cfg, overrides)` trains it now (a
+    JobResult with the checkpoint)."""
+    folder = Path(cfg.classifier.cache_dir) / classifier_key(cfg)
+    weights = folder / "encoder.pt"
+    if cfg.backbone.pretrained not in (None, str(weights)):
+        raise ConfigError(f"classifier.epochs={cfg.classifier.epochs} trains the classifier this job starts from, "
+                          f"and backbone.pretrained={cfg.backbone.pretrained} gives one: set only one of them")
+    with _locked(folder.parent / f"{folder.name}.lock"):
+        if weights.exists():
+            log.info("starting from the cached classifier %s", weights)
+        else:
+            log.info("training the classifier every job of this configuration starts from: %s", folder)
+            result = train(classifier_job(cfg, folder), [*overrides, "role=classifier"])
+            model = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
+            encoder = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
+            ckpt.save_atomic(encoder, weights, stamped=False)
+            (folder / "classifier.json").write_text(json.dumps(
+                {"run_id": result.run_id, "val/top1": result.metrics.get("val/top1")}, indent=1))
+    meta = json.loads((folder / "classifier.json").read_text())
+    out = cfg.copy()
+    OmegaConf.set_struct(out, False)
+    OmegaConf.update(out, "backbone.pretrained", str(weights), merge=False)
+    OmegaConf.update(out, "logger.tags", {**cfg.logger.tags, "classifier_key": folder.name,
+                                          "classifier_run": meta["run_id"]}, merge=True)
+    OmegaConf.set_struct(out, True)
+    return out

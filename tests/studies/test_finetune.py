@@ -1,0 +1,88 @@
+"""experiment=finetune_fmnist: the paper's protocol. One cached classifier; every variant and the baseline start
+from it, see the same batches in their joint stage, and differ only by the decoding pathway."""
+import json
+
+import mlflow
+import pytest
+import torch
+
+from recondec.config import ConfigError, validate
+from recondec.run import JobInfo, run_job
+from recondec.training.loop import Trainer
+
+from ..conftest import VARIANTS
+from .test_presets import TINY
+
+
+def test_finetune_preset_is_the_papers_protocol(compose_cfg):
+    cfg = compose_cfg("experiment=finetune_fmnist", return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.variant.split(",") == VARIANTS
+    assert cfg.hydra.sweeper.params["trainer.seed"] == "0,1,2,3,4"
+    conf = validate(compose_cfg("experiment=finetune_fmnist"))
+    assert conf.classifier.epochs > 0 and conf.classifier.schedule.optimizer.value == "adamw"
+    s = conf.schedule  # the fine-tuning: the paper's optimiser, decoders first on the frozen classifier
+    assert (s.optimizer.value, s.momentum, s.weight_decay, s.bias_lr_mult, s.bias_decay_mult) == \
+        ("sgd", 0.9, 5e-4, 2.0, 0.0)
+    assert s.pretrain.epochs > 0 and s.decoder.freeze_encoder and s.decoder.epochs > 0 and s.joint.epochs > 0
+    assert validate(compose_cfg("experiment=finetune_fmnist_low")).data.train_limit == 1000
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """What each job's joint stage starts from: the encoder weights and the first batch's labels."""
+    seen = []
+    enter, step = Trainer.enter_stage, Trainer.train_step
+
+    def enter_stage(self, stage, reseed=True):
+        enter(self, stage, reseed)
+        if stage.name == "joint":
+            seen.append({"encoder": {k: v.clone() for k, v in self.model.encoder.state_dict().items()}})
+
+    def train_step(self, x, y):
+        if self._stage.name == "joint" and "labels" not in seen[-1]:
+            seen[-1]["labels"] = y.clone()
+        return step(self, x, y)
+
+    monkeypatch.setattr(Trainer, "enter_stage", enter_stage)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    return seen
+
+
+@pytest.mark.timeout(300)
+def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, recorded):
+    base = ["experiment=finetune_fmnist", f"classifier.cache_dir={tmp_path}/classifiers", "classifier.epochs=1",
+            "schedule.pretrain.probe_steps=2", "schedule.pretrain.probe_batches=1", *TINY]
+    results = {}
+    for variant in ("baseline", "swwae_all", "sae_layerwise"):
+        overrides = [*base, f"variant={variant}"]
+        results[variant] = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    runs = mlflow.search_runs(experiment_names=["finetune_fmnist"], output_format="list")
+    classifiers = [r for r in runs if r.data.tags.get("role") == "classifier"]
+    assert len(classifiers) == 1  # trained by the first job, reused by the other two
+    (folder,) = (tmp_path / "classifiers").glob("*/")
+    assert json.loads((folder / "classifier.json").read_text())["run_id"] == classifiers[0].info.run_id
+    cached = torch.load(folder / "encoder.pt")
+    for variant, result in results.items():
+        tags = mlflow.get_run(result.run_id).data.tags
+        assert (tags["classifier_run"], tags["classifier_key"]) == (classifiers[0].info.run_id, folder.name)
+    # the joint stage of the baseline and of each variant starts from the cached classifier, bit for bit, and
+    # its first batch is the same (the decoder stages before it neither move the encoder nor shift the order)
+    assert len(recorded) == 4  # the classifier's own job, then the three fine-tuning jobs
+    for job in recorded[1:]:
+        assert job["encoder"].keys() == cached.keys()
+        assert all(torch.equal(job["encoder"][k], cached[k]) for k in cached)
+        assert torch.equal(job["labels"], recorded[1]["labels"])
+    # another classifier setting is another classifier
+    overrides = [*base, "variant=baseline", "classifier.epochs=2"]
+    run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    runs = mlflow.search_runs(experiment_names=["finetune_fmnist"], output_format="list")
+    assert sum(r.data.tags.get("role") == "classifier" for r in runs) == 2
+    assert len(list((tmp_path / "classifiers").glob("*/encoder.pt"))) == 2
+
+
+def test_a_given_classifier_and_a_trained_one_conflict(compose_cfg, tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    overrides = ["experiment=finetune_fmnist", f"classifier.cache_dir={tmp_path}", f"backbone.pretrained={weights}"]
+    with pytest.raises(ConfigError, match=r"classifier.epochs=\d+ trains the classifier .* backbone.pretrained=.*w.pt"):
+        run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
