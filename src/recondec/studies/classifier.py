@@ -44,7 +44,7 @@ def classifier_key(cfg: DictConfig) -> str:
     parts = {group: {k: v for k, v in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items()
                      if k not in _NOT_IN_KEY[group]} for group in _NOT_IN_KEY}
     parts.update(schedule=classifier_schedule(cfg), seed=cfg.classifier.seed, precision=cfg.trainer.precision,
-                 classification_weight=cfg.loss.classification)
+                 epoch_steps=cfg.trainer.max_steps_per_epoch, classification_weight=cfg.loss.classification)
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
