@@ -15,6 +15,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from recondec.config import register_schema  # noqa: E402
 from recondec.run import JobInfo, run_job  # noqa: E402
+from recondec.tracking.sweep import parent_run_id  # noqa: E402
 
 register_schema()
 
@@ -22,8 +23,8 @@ register_schema()
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
-    info = JobInfo(overrides=list(hc.overrides.task),
-                   sweep_dir=hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None,
+    sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
+    info = JobInfo(overrides=list(hc.overrides.task), sweep_dir=sweep_dir, parent_run_id=parent_run_id(sweep_dir),
                    hydra_dir=Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None)
     if cfg.study == "recon":
         from recondec.studies.recon import run_recon_study

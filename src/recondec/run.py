@@ -41,6 +41,7 @@ class JobInfo:
     """What Hydra knows about the job: its overrides and, in a multirun, the sweep folder."""
     overrides: list[str]
     sweep_dir: Optional[str] = None
+    parent_run_id: Optional[str] = None  # the MLflow run this job's run nests under (its sweep, its study)
     hydra_dir: Optional[Path] = None  # <output>/.hydra: config.yaml, overrides.yaml
 
 
@@ -79,6 +80,8 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
     tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
             "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
             "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **cfg.logger.tags}
+    if info.parent_run_id:
+        tags["mlflow.parentRunId"] = info.parent_run_id  # how MLflow's UI nests runs
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
                          tags, cfg.data.mean, resume_run_id, cfg.logger.system_metrics)
 

@@ -211,8 +211,9 @@ def test_multirun_with_a_failing_middle_job_records_three_runs_one_failed(tmp_pa
            f"hydra.sweep.dir={tmp_path}/sweep"]
     done = subprocess.run(cmd, cwd=REPO_ROOT, timeout=280, capture_output=True, text=True)
     assert done.returncode != 0 and "is not a state dict of this backbone" in done.stderr  # Hydra re-raises at the end
-    runs = sorted(runs_of(db, "grid"), key=lambda r: r.info.start_time)
+    parent, *runs = sorted(runs_of(db, "grid"), key=lambda r: r.info.start_time)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
+    assert parent.data.tags["role"] == "sweep" and parent.info.status == "FAILED"  # closed, though Hydra raised
     assert "not a state dict" in runs[1].data.tags["error"]
     assert "traceback.txt" in artifact_paths(db, runs[1].info.run_id)
 

@@ -128,12 +128,17 @@ def test_eval_study_reloads_the_final_model(compose_cfg, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_multirun_of_two_jobs_gives_two_runs_with_one_sweep_tag(tmp_path):
+def test_multirun_of_two_jobs_gives_two_child_runs_of_one_parent(tmp_path):
     db = tmp_path / "mlflow.db"
     cmd = [sys.executable, "src/main.py", "-m", "variant=sae_all,swwae", *TINY, "trainer.max_steps_per_epoch=1",
            f"logger.tracking_uri=sqlite:///{db}", "logger.experiment=grid", f"hydra.sweep.dir={tmp_path}/sweep"]
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, timeout=580, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-    runs = runs_of(db, "grid")
+    (parent,) = [r for r in runs_of(db, "grid") if r.data.tags.get("role") == "sweep"]
+    runs = [r for r in runs_of(db, "grid") if r.data.tags.get("role") != "sweep"]
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.overrides"].startswith("variant=sae_all,swwae")
+    assert [r.data.tags["mlflow.parentRunId"] for r in runs] == [parent.info.run_id] * 2  # the UI nests them
+    summary = MlflowClient(f"sqlite:///{db}").download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))
+    assert all(f"| {r.info.run_name} | FINISHED |" in Path(summary).read_text() for r in runs)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["sweep"] for r in runs}) == 1
     assert sorted(r.data.tags["mlflow.runName"].split(",")[0] for r in runs) == ["variant=sae_all", "variant=swwae"]

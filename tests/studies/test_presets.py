@@ -52,6 +52,13 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
     decoders = [r for r in runs if "_from_" in r.data.tags.get("mlflow.runName", "")]
     assert decoders and {r.data.params["loss.weights.image"] for r in decoders} == {"1.0"}  # as the reference
     assert set(results2) == {"sae_from_pool4", "swwae_from_pool4"}
+    # each study is one parent run holding the table and the figure, its decoders its children
+    studies = sorted((r for r in runs if r.data.tags.get("role") == "study"), key=lambda r: r.info.start_time)
+    assert len(studies) == 2 and {r.info.status for r in studies} == {"FINISHED"}
+    assert sorted(r.data.tags["mlflow.parentRunId"] for r in decoders) == sorted(
+        [studies[0].info.run_id] * 4 + [studies[1].info.run_id] * 2)
+    listed = mlflow.MlflowClient().list_artifacts(studies[0].info.run_id, "report")
+    assert {a.path for a in listed} == {"report/recon_table.md", "report/recon_levels.png"}
 
 
 @pytest.mark.parametrize("preset", ["recon_imagenet_vgg16", "joint_imagenet_vgg16"])

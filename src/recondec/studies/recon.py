@@ -15,7 +15,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -23,7 +22,7 @@ from recondec.data import build_loaders  # noqa: E402
 from recondec.models import build_model  # noqa: E402
 from recondec.run import JobInfo, run_job, train_classifier  # noqa: E402
 from recondec.studies.classifier import with_classifier  # noqa: E402
-from recondec.tracking.mlflow_logger import set_experiment  # noqa: E402
+from recondec.tracking.sweep import ParentRun  # noqa: E402
 
 log = logging.getLogger(__name__)
 UNPOOLS = {"sae": "fixed", "swwae": "switch"}
@@ -44,7 +43,20 @@ def ensure_classifier(cfg: DictConfig, info: JobInfo) -> DictConfig:
 
 
 def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float]]:
+    """One MLflow parent run for the study (a child of the sweep's, in a sweep); each decoder a child run."""
     cfg = ensure_classifier(cfg, info)
+    parent = ParentRun(cfg.logger.tracking_uri, cfg.logger.experiment, "recon study",
+                       {"role": "study", "study": "recon"}, info.parent_run_id)
+    try:
+        results = _train_decoders(cfg, info, parent)
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    parent.end()
+    return results
+
+
+def _train_decoders(cfg: DictConfig, info: JobInfo, parent: ParentRun) -> dict[str, dict[str, float]]:
     results, checkpoints = {}, {}
     for level in cfg.recon.levels:
         for kind, unpool in UNPOOLS.items():
@@ -54,12 +66,12 @@ def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float
                 "variant.losses": "first", "variant.decode_from": level,
                 "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0,
                 "loss.weights.image": 1.0})  # loss weight 1, as the reference's reconstruction models
-            result = run_job(sub, JobInfo(overrides=[*info.overrides, f"recon={name}"]))
+            result = run_job(sub, JobInfo(overrides=[*info.overrides, f"recon={name}"], parent_run_id=parent.run_id))
             results[name] = {k: v for k, v in result.metrics.items() if k.startswith("val/") and "image" in k}
             checkpoints[name] = (sub, result.checkpoint)
     table = recon_table(cfg.recon.levels, results)
     figure = recon_figure(cfg, checkpoints)
-    _log_summary(cfg, table, figure)
+    _log_summary(cfg, table, figure, parent)
     print(table)
     return results
 
@@ -117,13 +129,10 @@ def recon_figure(cfg: DictConfig, checkpoints):
     return fig
 
 
-def _log_summary(cfg: DictConfig, table: str, figure) -> None:
+def _log_summary(cfg: DictConfig, table: str, figure, parent: ParentRun) -> None:
     out = Path(cfg.output_dir)
     (out / "recon_table.md").write_text(table)
     figure.savefig(out / "recon_levels.png", dpi=120)
     plt.close(figure)
-    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
-    set_experiment(cfg.logger.tracking_uri, cfg.logger.experiment)
-    with mlflow.start_run(run_name="recon study summary", tags={"summary": "true", "study": "recon"}):
-        mlflow.log_artifact(str(out / "recon_table.md"), "report")
-        mlflow.log_artifact(str(out / "recon_levels.png"), "report")
+    parent.log_artifact(out / "recon_table.md", "report")
+    parent.log_artifact(out / "recon_levels.png", "report")
