@@ -35,16 +35,18 @@ def compose_cfg(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _offline_torch_hub(monkeypatch, tmp_path_factory):
-    """Tests stay offline: torch.hub's cache ($TORCH_HOME) starts empty, and a download is refused."""
+    """Tests stay offline: torch.hub's cache ($TORCH_HOME) starts empty, and a download (weights, data) is refused."""
     from urllib.error import URLError
 
     import torch.hub
+    import torchvision.datasets.mnist
 
     def refuse(url, *args, **kwargs):
         raise URLError(f"tests are offline: no download of {url}")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", refuse)  # FashionMNIST
 
 
 @pytest.fixture(scope="session")

@@ -279,10 +279,7 @@ class DataConf(Checked):
                  "three values each, std > 0", (self.mean, self.std))
         _require(0 < self.val_fraction < 1, "data.val_fraction", "a value in (0, 1)", self.val_fraction)
         if self.name == "fashion_mnist":
-            from recondec.data.builtin import fashion_mnist_hint
-
-            _require(self.root is not None and os.path.isdir(self.root), "data.root",
-                     f"the Fashion-MNIST folder. {fashion_mnist_hint()}", self.root)
+            pass  # Debian's folder, a folder of idx files, or torchvision's download folder (data/builtin.py)
         elif self.name in ("imagenet", "folder") or self.loader is not Loader.memory:
             if self.loader is Loader.memory:
                 raise ConfigError(f"data.loader=memory is invalid for data={self.name}: allowed ffcv or torchvision")

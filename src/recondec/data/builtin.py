@@ -1,4 +1,5 @@
-"""Built-in data sets that exist offline: scikit-learn's digits and Debian's Fashion-MNIST.
+"""Built-in data sets: scikit-learn's digits, and Fashion-MNIST from Debian's package (offline) or through
+torchvision's data set class (downloaded once where the network allows).
 
 Both are returned as uint8 RGB arrays (N, H, W, 3) at their native size plus int64 labels; loaders resize
 them to the backbone's input size. Gray images are replicated to three channels so every backbone sees
@@ -9,8 +10,11 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
+
+from recondec.config import REPO_ROOT
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLIT_SEED = 0  # the digits train/val split never depends on the training seed
@@ -23,8 +27,9 @@ class ArraySplit:
 
 
 def fashion_mnist_hint() -> str:
-    return ("Fashion-MNIST comes from Debian's package: `apt-get install dataset-fashion-mnist` "
-            f"(files land in {FASHION_MNIST_DIR}), or set data.root to a folder with the four idx .gz files.")
+    return ("Fashion-MNIST comes from Debian's package (`apt-get install dataset-fashion-mnist`, files in "
+            f"{FASHION_MNIST_DIR}), from a folder with the four idx .gz files (data.root=...), or from torchvision's "
+            "FashionMNIST download into data.root (default <repo>/data), which needs the network once.")
 
 
 def _gray_to_rgb(images: np.ndarray) -> np.ndarray:
@@ -54,17 +59,42 @@ def _read_idx(path: str, offset: int) -> np.ndarray:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
 
 
-def load_fashion_mnist(root: str = FASHION_MNIST_DIR) -> tuple[ArraySplit, ArraySplit]:
-    """The official 60,000 / 10,000 split of Fashion-MNIST, 28x28 gray."""
+def _idx_paths(folder: str, prefix: str) -> tuple[str, str]:
+    return (os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"),
+            os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"))
+
+
+def has_idx_files(folder: str) -> bool:
+    return all(os.path.isfile(p) for prefix in ("train", "t10k") for p in _idx_paths(folder, prefix))
+
+
+def load_fashion_mnist(root: Optional[str] = None) -> tuple[ArraySplit, ArraySplit]:
+    """The official 60,000 / 10,000 split of Fashion-MNIST, 28x28 gray: the four idx .gz files in `root`
+    (null: Debian's folder), else torchvision's FashionMNIST under `root` (null: <repo>/data), downloaded there
+    when it is not there yet."""
+    folder = root or FASHION_MNIST_DIR
+    if not has_idx_files(folder):
+        return _torchvision_fashion_mnist(root or str(REPO_ROOT / "data"))
     splits = []
     for prefix in ("train", "t10k"):
-        img_path = os.path.join(root, f"{prefix}-images-idx3-ubyte.gz")
-        lbl_path = os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")
-        if not (os.path.isfile(img_path) and os.path.isfile(lbl_path)):
-            raise FileNotFoundError(f"{img_path} or {lbl_path} not found. {fashion_mnist_hint()}")
+        img_path, lbl_path = _idx_paths(folder, prefix)
         labels = _read_idx(lbl_path, 8).astype(np.int64)
         images = _read_idx(img_path, 16).reshape(len(labels), 28, 28)
         splits.append(ArraySplit(_gray_to_rgb(images), labels))
+    return splits[0], splits[1]
+
+
+def _torchvision_fashion_mnist(root: str) -> tuple[ArraySplit, ArraySplit]:
+    from torchvision.datasets import FashionMNIST
+
+    splits = []
+    for train in (True, False):
+        try:
+            data = FashionMNIST(root, train=train, download=True)
+        except Exception as e:  # no network: torchvision's URLError / RuntimeError names only the mirror
+            raise FileNotFoundError(f"Fashion-MNIST is not in {root} and could not be downloaded there "
+                                    f"({type(e).__name__}: {' '.join(str(e).split())}). {fashion_mnist_hint()}") from e
+        splits.append(ArraySplit(_gray_to_rgb(data.data.numpy()), data.targets.numpy().astype(np.int64)))
     return splits[0], splits[1]
 
 
@@ -72,7 +102,7 @@ def load_builtin(name: str, root: str | None = None, val_fraction: float = 0.2) 
     if name == "digits":
         return load_digits(val_fraction)
     if name == "fashion_mnist":
-        return load_fashion_mnist(root or FASHION_MNIST_DIR)
+        return load_fashion_mnist(root)
     raise ValueError(f"data.name={name!r} is not a built-in data set: allowed digits, fashion_mnist")
 
 
