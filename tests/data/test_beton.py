@@ -216,3 +216,51 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
     with pytest.raises(RuntimeError, match=r"fox/004\.jpg"):
         _write_tree(root, tmp_path / "out")
     assert not (tmp_path / "out" / "train.beton").exists() and _no_temporaries(tmp_path / "out")
+
+
+def _imagenet_val_tree(root: Path) -> None:
+    """train/<wnid>/ class folders and a flat val/ of ILSVRC2012_val_<n>.JPEG files, as ImageNet ships them."""
+    rng = np.random.default_rng(4)
+    for wnid in ("n01440764", "n01443537"):
+        (root / "train" / wnid).mkdir(parents=True)
+        _save(root / "train" / wnid / "t.JPEG", Image.fromarray(smooth_image(rng, 30, 30)))
+    (root / "val").mkdir()
+    for n in (1, 2, 3):
+        _save(root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG", Image.fromarray(smooth_image(rng, 30, 30)))
+
+
+def test_flat_imagenet_val_folder_labelled_by_torchvisions_devkit_meta_file(tmp_path):
+    import torch
+
+    from recondec.data.beton import list_classes, list_split
+
+    _imagenet_val_tree(tmp_path)
+    torch.save(({"n01440764": ("tench",), "n01443537": ("goldfish",)}, ["n01443537", "n01440764", "n01443537"]),
+               tmp_path / "meta.bin")  # what torchvision's ImageNet writes from the devkit
+    listing = list_split(tmp_path, "val", list_classes(tmp_path / "train"))
+    assert [(Path(p).name, y) for p, y in listing.samples] == [
+        ("ILSVRC2012_val_00000001.JPEG", 1), ("ILSVRC2012_val_00000002.JPEG", 0), ("ILSVRC2012_val_00000003.JPEG", 1)]
+
+
+def test_flat_imagenet_val_folder_labelled_by_the_devkit_archive(tmp_path, monkeypatch):
+    import tarfile
+
+    import scipy.io
+    import torchvision.datasets.imagenet
+
+    from recondec.data.beton import list_classes, list_split
+
+    _imagenet_val_tree(tmp_path)
+    data = tmp_path / "devkit" / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True)
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children"]
+    synsets = np.array([(1, "n01440764", "tench", "", 0), (2, "n01443537", "goldfish", "", 0),
+                        (3, "n00000001", "fish", "", 2)], dtype=[(f, object) for f in fields])
+    scipy.io.savemat(data / "meta.mat", {"synsets": synsets})
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("2\n2\n1\n")
+    with tarfile.open(tmp_path / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "devkit" / "ILSVRC2012_devkit_t12", arcname="ILSVRC2012_devkit_t12")
+    monkeypatch.setattr(torchvision.datasets.imagenet, "_verify_archive", lambda *a: None)  # a home-made archive
+    listing = list_split(tmp_path, "val", list_classes(tmp_path / "train"))
+    assert [y for _, y in listing.samples] == [1, 1, 0]
+    assert (tmp_path / "meta.bin").is_file()  # parsed once, as torchvision does

@@ -15,6 +15,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -185,21 +186,48 @@ def _list_class_folders(split_dir: Path, classes: Sequence[str]) -> Listing:
     return Listing(samples, list(classes), empty)
 
 
-def _list_flat(split_dir: Path, classes: Sequence[str]) -> Listing:
-    label_file = find_label_file(split_dir)
-    if label_file is None:
-        raise FileNotFoundError(f"{split_dir} has no class folders and no label file "
-                                f"({' or '.join(VAL_LABEL_FILES)} next to it: '<file name> <class index>' per line)")
+def devkit_val_labels(split_dir: Path, classes: Sequence[str]) -> Optional[dict[str, int]]:
+    """ILSVRC-2012's validation labels from the official devkit, read as torchvision's ImageNet reads them: its
+    meta.bin in <root>, or the devkit archive ILSVRC2012_devkit_t12.tar.gz in <root> (checksum-verified and
+    parsed into meta.bin once, by torchvision). The ground truth gives the class of ILSVRC2012_val_<n>.JPEG."""
+    from torchvision.datasets.imagenet import ARCHIVE_META, META_FILE, load_meta_file, parse_devkit_archive
+
+    root = split_dir.parent
+    if not (root / META_FILE).is_file():
+        if not (root / ARCHIVE_META["devkit"][0]).is_file():
+            return None
+        parse_devkit_archive(str(root))
+    _, val_wnids = load_meta_file(str(root))
+    index = {wnid: i for i, wnid in enumerate(classes)}  # class folders are named by WordNet id
+    labels = {}
+    for path in _images_under(split_dir):
+        number = re.fullmatch(r"ILSVRC2012_val_(\d{8})\.JPEG", os.path.basename(path))
+        if number and 0 < int(number[1]) <= len(val_wnids):
+            labels[os.path.relpath(path, split_dir)] = index.get(val_wnids[int(number[1]) - 1], -1)
+    return labels
+
+
+def _label_file_labels(label_file: Path) -> dict[str, int]:
     labels = {}
     for line in label_file.read_text().splitlines():
         if line.strip():
             name, index = line.rsplit(maxsplit=1)
             labels[name] = int(index)
+    return labels
+
+
+def _list_flat(split_dir: Path, classes: Sequence[str]) -> Listing:
+    label_file = find_label_file(split_dir)
+    labels = _label_file_labels(label_file) if label_file else devkit_val_labels(split_dir, classes)
+    if labels is None:
+        raise FileNotFoundError(f"{split_dir} has no class folders, no label file ({' or '.join(VAL_LABEL_FILES)} "
+                                "next to it: '<file name> <class index>' per line) and no ImageNet devkit "
+                                f"(ILSVRC2012_devkit_t12.tar.gz or torchvision's meta.bin in {split_dir.parent})")
     files = _images_under(split_dir)
     samples = [(p, labels.get(os.path.relpath(p, split_dir), -1)) for p in files]
     missing = len(set(labels) - {os.path.relpath(p, split_dir) for p in files})
     if missing:
-        print(f"warning: {missing} files named in {label_file} do not exist in {split_dir}")
+        print(f"warning: {missing} files named in {label_file or 'the devkit'} do not exist in {split_dir}")
     return Listing(samples, list(classes), [])
 
 
