@@ -220,6 +220,9 @@ class ScheduleConf(Checked):
     train_crop: TrainCrop = TrainCrop.random_resized  # training augmentation of the image-folder loaders
     bias_lr_mult: float = 1.0           # Caffe's lr_mult for biases (2 in the reference VGG recipe)
     bias_decay_mult: float = 1.0        # Caffe's decay_mult for biases (0 in the reference VGG recipe)
+    # semi-supervised (data.labelled): each step also draws this many unlabelled images, which give the
+    # reconstruction terms only (every stage with a decoder; the baseline ignores them). 0: off
+    unlabelled_batch_size: int = 0
     # stage 0: decoder blocks one by one on clean activations (the warm start; 0 epochs = off);
     # stage 1: decoders only (encoder frozen); stage 2: everything jointly
     pretrain: PretrainConf = field(default_factory=PretrainConf)
@@ -228,6 +231,8 @@ class ScheduleConf(Checked):
 
     def check(self) -> None:
         _require(self.batch_size > 0, "schedule.batch_size", "an integer > 0", self.batch_size)
+        _require(self.unlabelled_batch_size >= 0, "schedule.unlabelled_batch_size", "an integer >= 0 (0: off)",
+                 self.unlabelled_batch_size)
         _require(self.weight_decay >= 0, "schedule.weight_decay", "a value >= 0", self.weight_decay)
         _require(self.warmup_epochs >= 0, "schedule.warmup_epochs", "a value >= 0", self.warmup_epochs)
         _require(self.pretrain.epochs + self.decoder.epochs + self.joint.epochs > 0, "schedule.joint.epochs",
@@ -264,9 +269,13 @@ class DataConf(Checked):
     loader: Loader = Loader.memory
     root: Optional[str] = None          # data on disk (ImageFolder root with train/ and val/, or the idx files)
     num_classes: Optional[int] = MISSING  # data=folder: null counts the class folders of <root>/train
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # 0-1 scale, RGB
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # 0-1 scale, RGB. null: the pretrained weights' own (torchvision's weights metadata), else ImageNet's
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
     train_limit: Optional[int] = None   # use only the first N training images (quick runs)
+    # semi-supervised: only the first N training images (after train_limit) carry labels, the rest are unlabelled
+    # (used with schedule.unlabelled_batch_size > 0, else unused); null: every training image is labelled
+    labelled: Optional[int] = None
     val_limit: Optional[int] = None
     val_fraction: float = 0.2           # for sets without an official split (digits); the split seed is fixed
     num_workers: int = 2                # loader workers
@@ -275,9 +284,11 @@ class DataConf(Checked):
     def check(self) -> None:
         import os
 
-        _require(len(self.mean) == 3 and len(self.std) == 3 and min(self.std) > 0, "data.mean/data.std",
-                 "three values each, std > 0", (self.mean, self.std))
+        _require((self.mean is None or len(self.mean) == 3) and (self.std is None or (len(self.std) == 3 and
+                 min(self.std) > 0)), "data.mean/data.std", "null or three values each, std > 0", (self.mean, self.std))
         _require(0 < self.val_fraction < 1, "data.val_fraction", "a value in (0, 1)", self.val_fraction)
+        _require(self.labelled is None or self.labelled >= 1, "data.labelled",
+                 "null (all labelled) or an integer >= 1 (the first N training images are labelled)", self.labelled)
         if self.name == "fashion_mnist":
             pass  # Debian's folder, a folder of idx files, or torchvision's download folder (data/builtin.py)
         elif self.name in ("imagenet", "folder") or self.loader is not Loader.memory:
@@ -416,7 +427,39 @@ def validate(cfg: DictConfig) -> Config:
     _require(obj.study != Study.recon or obj.classifier.epochs or obj.backbone.pretrained, "classifier.epochs",
              "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
              obj.classifier.epochs)
+    _fill_normalisation(obj)
+    _require(obj.data.labelled is None or obj.data.loader is Loader.memory, "data.labelled",
+             "null with data.loader=ffcv or torchvision (labelled / unlabelled splits exist for the memory loader "
+             "only, so far)", obj.data.labelled)
+    if obj.schedule.unlabelled_batch_size:
+        _require(obj.data.labelled is not None, "schedule.unlabelled_batch_size",
+                 "0 unless data.labelled leaves unlabelled images (set data.labelled=N)",
+                 obj.schedule.unlabelled_batch_size)
+        _require(obj.schedule.unlabelled_batch_size % obj.trainer.devices == 0, "schedule.unlabelled_batch_size",
+                 f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)",
+                 obj.schedule.unlabelled_batch_size)
     per_rank, rest = divmod(obj.schedule.batch_size, obj.trainer.devices)
     _require(rest == 0 and per_rank > 0, "schedule.batch_size",
              f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)", obj.schedule.batch_size)
     return obj
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _fill_normalisation(obj: Config) -> None:
+    """data.mean / data.std left null: those of the torchvision weights named by backbone.pretrained (their
+    transforms' metadata), else ImageNet's. (Their resize / crop sizes, 256 / 224 for every weights of the
+    torchvision backbones here, are the loaders' fixed 256/224 ratio and backbone.image_size.)"""
+    if obj.data.mean is not None and obj.data.std is not None:
+        return
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if obj.backbone.pretrained:
+        from recondec.models.backbones import torchvision_weights  # late import: config must not need torch
+
+        weights = torchvision_weights(obj.backbone.name, obj.backbone.pretrained)
+        if weights is not None:
+            transforms = weights.transforms()
+            mean, std = list(transforms.mean), list(transforms.std)
+    obj.data.mean = obj.data.mean if obj.data.mean is not None else mean
+    obj.data.std = obj.data.std if obj.data.std is not None else std

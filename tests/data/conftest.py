@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode
+from recondec.config import IMAGENET_MEAN, IMAGENET_STD, DataConf, FFCVConf, Loader, Order, WriteMode
 
 
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -54,6 +54,6 @@ def ffcv_conf(beton_dir, **kw) -> FFCVConf:
 
 
 def folder_conf(root, beton_dir, loader=Loader.ffcv, **kw) -> DataConf:
-    return DataConf(name="folder", loader=loader, root=str(root), num_classes=3,
+    return DataConf(name="folder", loader=loader, root=str(root), num_classes=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     ffcv=ffcv_conf(beton_dir, **kw))
 

@@ -92,3 +92,32 @@ def test_logger_system_metrics_is_off_by_default_and_a_bool(compose_cfg):
     assert validate(compose_cfg("logger.system_metrics=true")).logger.system_metrics is True
     with pytest.raises(ConfigCompositionException, match="system_metrics"):
         compose_cfg("logger.system_metrics=sometimes")
+
+
+def test_normalisation_defaults_from_the_weights_metadata_unless_set(compose_cfg, tmp_path):
+    import os
+    from pathlib import Path
+
+    from torchvision.models import VGG16_BN_Weights
+
+    cached = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / Path(VGG16_BN_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"")  # only its presence is checked when validating
+    base = ["data=imagenet", f"data.root={tmp_path}", "backbone=vgg16_bn"]
+    meta = VGG16_BN_Weights.IMAGENET1K_V1.transforms()
+    conf = validate(compose_cfg(*base, "backbone.pretrained=IMAGENET1K_V1"))
+    assert (conf.data.mean, conf.data.std) == (list(meta.mean), list(meta.std))
+    conf = validate(compose_cfg(*base, "backbone.pretrained=IMAGENET1K_V1", "data.mean=[0.5,0.5,0.5]"))
+    assert (conf.data.mean, conf.data.std) == ([0.5, 0.5, 0.5], list(meta.std))  # what the user sets wins
+    assert validate(compose_cfg(*base)).data.mean == [0.485, 0.456, 0.406]  # no weights: ImageNet's
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "vgg16_bn", "alexnet"])
+def test_every_torchvision_weights_resizes_to_256_and_crops_224_as_the_loaders_do(backbone):
+    from torchvision.models import get_model_weights
+
+    from recondec.models.backbones import TORCHVISION_NAMES
+
+    for weights in get_model_weights(TORCHVISION_NAMES[backbone]):
+        t = weights.transforms()
+        assert (list(t.resize_size), list(t.crop_size)) == ([256], [224]), weights

@@ -79,9 +79,14 @@ def _kill_mid_epoch(proc: subprocess.Popen, last: Path, min_step: int) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_kill_9_mid_epoch_then_resume_auto_ends_exactly_as_an_uninterrupted_run(compose_cfg, tmp_path):
-    # 6 steps per epoch, 3 epochs, a checkpoint after every step
-    common = [*EXACT, "data.train_limit=192", "schedule.joint.epochs=2", "trainer.checkpoint_every_n_steps=1"]
+@pytest.mark.parametrize("semi, steps", [
+    ([], 18),  # 6 steps per epoch, 3 epochs, a checkpoint after every step
+    # semi-supervised: 3 labelled steps per epoch; the unlabelled stream (4 batches) wraps mid-epoch, so the
+    # kill lands at another position in each stream
+    (["data.labelled=96", "schedule.unlabelled_batch_size=24"], 9),
+], ids=["supervised", "semi_supervised"])
+def test_kill_9_mid_epoch_then_resume_auto_ends_exactly_as_an_uninterrupted_run(compose_cfg, tmp_path, semi, steps):
+    common = [*EXACT, "data.train_limit=192", "schedule.joint.epochs=2", "trainer.checkpoint_every_n_steps=1", *semi]
     db = tmp_path / "mlflow.db"
     ref = run(compose_cfg, *common, "logger.experiment=reference")
 
@@ -99,9 +104,12 @@ def test_kill_9_mid_epoch_then_resume_auto_ends_exactly_as_an_uninterrupted_run(
     (resumed,) = runs_of(db, "killed")  # the same MLflow run, continued and closed
     assert resumed.info.run_id == crashed.info.run_id and resumed.info.status == "FINISHED"
     final = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-    assert final["step"] == 18 and final["step"] > killed_at["step"]
+    assert final["step"] == steps and final["step"] > killed_at["step"]
+    if semi:
+        assert killed_at["unlabelled"]["batch"] not in (0, killed_at["batch_in_epoch"])  # another position
     assert_same_weights(final["model"], weights(ref.checkpoint))
-    for key in ("val/top1", "val/loss/total", "val/psnr/image", "train/loss/total", "train/loss/recon/pool2"):
+    for key in ("val/top1", "val/loss/total", "val/psnr/image", "train/loss/total", "train/loss/recon/pool2",
+                *(["train/loss/unlabelled"] if semi else [])):
         assert history(db, resumed.info.run_id, key) == history(db, ref.run_id, key), key
 
 

@@ -5,10 +5,13 @@ Every loader yields (images, labels): float32 (N, 3, S, S) normalized with data.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from recondec.config import DataConf, Loader, TrainCrop
+from recondec.config import IMAGENET_MEAN, IMAGENET_STD, DataConf, Loader, TrainCrop
+
+
+UNLABELLED_SEED = 7_919  # the unlabelled stream's order: its own seed, never the labelled stream's
 
 
 @dataclass
@@ -18,6 +21,7 @@ class Loaders:
     num_train: int
     num_val: int
     val_ten_crop: Any = None  # the uncropped validation view that 10-crop evaluation cuts its crops from
+    unlabelled: Any = None    # semi-supervised: the training images without labels (labels -1), its own order
 
 
 def ten_crop_view_size(image_size: int) -> int:
@@ -27,19 +31,25 @@ def ten_crop_view_size(image_size: int) -> int:
 
 def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
                   rank: int = 0, world_size: int = 1, ten_crop: bool = False,
-                  train_crop: TrainCrop = TrainCrop.random_resized) -> Loaders:
+                  train_crop: TrainCrop = TrainCrop.random_resized, unlabelled_batch_size: int = 0) -> Loaders:
     """Train and val loaders; with ten_crop, also a val loader of whole images at ten_crop_view_size
     (the shorter side resized to it, then its centre square). `train_crop` is the image-folder loaders'
     training augmentation; the built-in sets (memory loader) are not augmented."""
+    if data.mean is None or data.std is None:  # a DataConf made without validate(): ImageNet's normalisation
+        data = replace(data, mean=data.mean or IMAGENET_MEAN, std=data.std or IMAGENET_STD)
     if data.loader is Loader.memory:
-        from recondec.data.builtin import limit, load_builtin
+        from recondec.data.builtin import limit, load_builtin, split_labelled
         from recondec.data.memory import MemoryLoader
 
         train, val = load_builtin(data.name, data.root, data.val_fraction)
         train, val = limit(train, data.train_limit), limit(val, data.val_limit)
+        train, unlabelled = split_labelled(train, data.labelled)
         common = dict(batch_size=batch_size, mean=data.mean, std=data.std, rank=rank, world_size=world_size)
         loaders = Loaders(MemoryLoader(train, image_size, shuffle=True, seed=seed, drop_last=True, **common),
                           MemoryLoader(val, image_size, shuffle=False, **common), len(train.labels), len(val.labels))
+        if unlabelled is not None and unlabelled_batch_size and len(unlabelled.labels):
+            loaders.unlabelled = MemoryLoader(unlabelled, image_size, shuffle=True, seed=seed + UNLABELLED_SEED,
+                                              drop_last=True, **{**common, "batch_size": unlabelled_batch_size})
         if ten_crop:
             loaders.val_ten_crop = MemoryLoader(val, ten_crop_view_size(image_size), shuffle=False, **common)
         return loaders

@@ -25,6 +25,11 @@ class AugmentedOutput:
     recons: dict[str, torch.Tensor] = field(default_factory=dict)   # level -> reconstruction
     targets: dict[str, torch.Tensor] = field(default_factory=dict)  # level -> encoder activation (not "image")
 
+    def take(self, rows: slice) -> "AugmentedOutput":
+        """The outputs of some samples of the batch (samples never mix: no batch norm in the decoders)."""
+        return AugmentedOutput(self.logits[rows], {k: v[rows] for k, v in self.recons.items()},
+                               {k: v[rows] for k, v in self.targets.items()})
+
 
 class AugmentedNet(nn.Module):
     def __init__(self, encoder: Encoder, variant: VariantConf, image_size: int, num_classes: int,

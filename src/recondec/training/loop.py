@@ -83,6 +83,11 @@ class Trainer:
         self.optimizer = self.scheduler = None
         self._stage: Optional[Stage] = None
         self.stage_loss: AugmentedLoss = loss_fn  # the pre-training stage has a loss of its own
+        # semi-supervised: a stream of unlabelled batches beside the labelled one, cycled through on its own
+        # (epoch, batch) position, which checkpoints carry; the baseline has no use for it
+        self.unlabelled = loaders.unlabelled if model.decoder is not None else None
+        self.unlabelled_pos = {"epoch": 0, "batch": 0}
+        self._unlabelled_iter = None
 
     # ------------------------------------------------------------------ stages
     def stage_at(self, epoch: int) -> Stage:
@@ -250,13 +255,39 @@ class Trainer:
         self.batch_in_epoch, self.running = 0, RunningMeans()
         return metrics
 
+    def _next_unlabelled(self) -> torch.Tensor:
+        pos = self.unlabelled_pos
+        if self._unlabelled_iter is None:
+            self.unlabelled.set_epoch(pos["epoch"], skip_batches=pos["batch"])
+            self._unlabelled_iter = iter(self.unlabelled)
+        batch = next(self._unlabelled_iter, None)
+        if batch is None:  # the unlabelled pool is used up: its next epoch, in a new order
+            pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
+            self.unlabelled.set_epoch(pos["epoch"])
+            self._unlabelled_iter = iter(self.unlabelled)
+            batch = next(self._unlabelled_iter)
+        pos["batch"] += 1
+        return self._to_device(*batch)[0]
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor] = None) -> dict:
+        """The stage's loss terms. With unlabelled images, one forward pass over both batches: the labelled part
+        gives cross-entropy and reconstruction, the unlabelled part reconstruction only (the "unlabelled" term)."""
+        inputs = x if xu is None else torch.cat([x, xu])
+        out = self.net(inputs, decode=self.model.decoder is not None, layerwise=self._stage.name == "pretrain")
+        if xu is None:
+            return self.stage_loss(out, x, y)
+        n = x.shape[0]
+        terms = self.stage_loss(out.take(slice(0, n)), x, y)
+        unlabelled = self.stage_loss.weighted_recon(self.stage_loss.recon_terms(out.take(slice(n, None)), xu))
+        return {**terms, "unlabelled": unlabelled, "total": terms["total"] + unlabelled}
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
         """One optimiser step (skipped for a non-finite loss with trainer.nonfinite=skip); returns the batch size."""
         x, y = self._to_device(x, y)
+        xu = self._next_unlabelled() if self.unlabelled is not None else None
         with oom_hint("training step", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device):
             with self._autocast():
-                out = self.net(x, decode=self.model.decoder is not None, layerwise=self._stage.name == "pretrain")
-                terms = self.stage_loss(out, x, y)
+                terms = self.loss_terms(x, y, xu)
             self.optimizer.zero_grad(set_to_none=True)
             if self.nonfinite.admit(terms, self.step + 1):
                 self.scaler.scale(terms["total"]).backward()
@@ -323,7 +354,7 @@ class Trainer:
                 "stage": self._stage.name, "epoch": self.epoch, "step": self.step, "best_top1": self.best_top1,
                 "batch_in_epoch": self.batch_in_epoch, "skipped_batches": self.nonfinite.skipped,
                 "running": {"sums": {k: v.cpu() for k, v in self.running.sums.items()}, "count": self.running.count},
-                "history": self.history, "rng": ckpt.rng_state(),
+                "history": self.history, "rng": ckpt.rng_state(), "unlabelled": dict(self.unlabelled_pos),
                 "mlflow_run_id": getattr(self.tracker, "run_id", None)}
 
     def save_checkpoint(self, also_as: Optional[str] = None) -> Path:
@@ -346,6 +377,7 @@ class Trainer:
         running = state.get("running", {"sums": {}, "count": 0})
         self.running.sums = {k: v.to(self.device) for k, v in running["sums"].items()}
         self.running.count = running["count"]
+        self.unlabelled_pos, self._unlabelled_iter = dict(state.get("unlabelled", {"epoch": 0, "batch": 0})), None
         self.scaler.load_state_dict(state["scaler"])
         stage = self.stage_at(self.epoch) if self.epoch < self.total_epochs else None
         if stage is not None and state.get("stage") == stage.name:
