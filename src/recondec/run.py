@@ -80,6 +80,8 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
     tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
             "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
             "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **cfg.logger.tags}
+    if cfg.schedule.unlabelled_batch_size and cfg.variant.topology != "none":
+        tags["arm"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
     if info.parent_run_id:
         tags["mlflow.parentRunId"] = info.parent_run_id  # how MLflow's UI nests runs
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),

@@ -3,6 +3,7 @@ from it, see the same batches in their joint stage, and differ only by the decod
 import json
 
 import mlflow
+from omegaconf import OmegaConf
 import pytest
 import torch
 
@@ -86,3 +87,15 @@ def test_a_given_classifier_and_a_trained_one_conflict(compose_cfg, tmp_path):
     overrides = ["experiment=finetune_fmnist", f"classifier.cache_dir={tmp_path}", f"backbone.pretrained={weights}"]
     with pytest.raises(ConfigError, match=r"classifier.epochs=\d+ trains the classifier .* backbone.pretrained=.*w.pt"):
         run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+
+
+def test_semi_supervised_rows_share_the_low_label_regimes_classifier_and_experiment(compose_cfg):
+    from recondec.studies.classifier import classifier_key
+
+    low, semi = compose_cfg("experiment=finetune_fmnist_low"), compose_cfg("experiment=finetune_fmnist_semi")
+    assert classifier_key(low) == classifier_key(semi) != classifier_key(compose_cfg("experiment=finetune_fmnist"))
+    assert (semi.data.labelled, semi.data.train_limit, semi.schedule.unlabelled_batch_size) == (1000, None, 64)
+    assert semi.logger.experiment == low.logger.experiment  # one report holds both
+    assert OmegaConf.to_container(semi.schedule.joint) == OmegaConf.to_container(low.schedule.joint)
+    params = compose_cfg("experiment=finetune_fmnist_semi", return_hydra_config=True).hydra.sweeper.params
+    assert params.variant == "swwae_all,swwae_layerwise" and params["trainer.seed"] == "0,1,2,3,4"

@@ -25,6 +25,9 @@ def store(tmp_path):
                 mlflow.log_metrics({"val/top1": top1 - 1, "val/top5": 99.0}, step=1)  # an earlier epoch
                 mlflow.log_metrics({"val/top1": top1, "val/top5": 99.5 + seed / 10, "val/mse/image": 0.01 * (seed + 1),
                                     "train/img_per_s": 100.0 + seed, "val/top1_10crop": top1 + 0.5}, step=2)
+    for seed, top1 in enumerate([94.0, 94.3, 94.1]):  # semi-supervised runs: a row of their own
+        with mlflow.start_run(tags={"variant": "swwae_all", "arm": "swwae_all+unlabelled", "seed": str(seed)}):
+            mlflow.log_metrics({"val/top1": top1}, step=2)
     with mlflow.start_run(tags={"variant": "baseline"}) as failed:
         mlflow.log_metric("val/top1", 10.0)
     mlflow.MlflowClient(uri).set_terminated(failed.info.run_id, "FAILED")
@@ -33,7 +36,7 @@ def store(tmp_path):
 
 def test_report_aggregates_the_last_values_mlflow_stores(store, tmp_path):
     runs = finished_runs(store, "grid")
-    assert len(runs) == 9  # the FAILED run is left out
+    assert len(runs) == 12  # the FAILED run, the superseded one and the classifier's are left out
     table = collect(runs)
     for variant, values in TOP1.items():
         assert table[variant]["val/top1"].mean == pytest.approx(mean(values))
@@ -53,7 +56,11 @@ def test_report_aggregates_the_last_values_mlflow_stores(store, tmp_path):
     assert summary.data.tags["summary"] == "true"
     assert summary.info.experiment_id == mlflow.get_experiment_by_name("grid").experiment_id
     assert summary.data.metrics["swwae_all/val/top1_mean"] == pytest.approx(mean(TOP1["swwae_all"]))
-    assert len(finished_runs(store, "grid")) == 9  # the summary run never counts as a variant run
+    assert len(finished_runs(store, "grid")) == 12  # the summary run never counts as a variant run
+    # the semi-supervised row, against the baseline and against the same variant without unlabelled images
+    assert table["swwae_all+unlabelled"]["val/top1"].mean == pytest.approx(94.133333)
+    own = text.split("against the same variant without them")[1]
+    assert "**swwae_all+unlabelled** beats the variant without unlabelled images" in own
 
 
 def test_comparison_statistics_are_scipys_welch_and_paired_tests():

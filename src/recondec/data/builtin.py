@@ -98,6 +98,15 @@ def _torchvision_fashion_mnist(root: str) -> tuple[ArraySplit, ArraySplit]:
     return splits[0], splits[1]
 
 
+def source_folder(name: str, root: Optional[str]) -> Optional[str]:
+    """The folder a built-in set is read from (root for any other data set)."""
+    if name == "digits":
+        return None  # scikit-learn's
+    if name == "fashion_mnist" and root is None:
+        return FASHION_MNIST_DIR if has_idx_files(FASHION_MNIST_DIR) else str(REPO_ROOT / "data")
+    return root
+
+
 def load_builtin(name: str, root: str | None = None, val_fraction: float = 0.2) -> tuple[ArraySplit, ArraySplit]:
     if name == "digits":
         return load_digits(val_fraction)

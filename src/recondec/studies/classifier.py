@@ -37,13 +37,30 @@ def classifier_schedule(cfg: DictConfig) -> dict:
     schedule["decoder"] = OmegaConf.to_container(OmegaConf.structured(StageConf(freeze_encoder=True)))
     schedule["joint"] = {"epochs": cfg.classifier.epochs, "lr": schedule["joint"]["lr"], "freeze_encoder": False,
                          "probe_lr": False}
+    schedule["unlabelled_batch_size"] = 0  # it learns from the labelled images alone
     return schedule
 
 
+def classifier_data(cfg: DictConfig) -> dict:
+    """The data the classifier learns from: the labelled images only (semi-supervised jobs with data.labelled=N
+    share the classifier of data.train_limit=N)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+    labelled = data.pop("labelled", None)
+    if labelled is not None:
+        data["train_limit"] = labelled
+    return data
+
+
 def classifier_key(cfg: DictConfig) -> str:
-    parts = {group: {k: v for k, v in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items()
-                     if k not in _NOT_IN_KEY[group]} for group in _NOT_IN_KEY}
-    parts.update(schedule=classifier_schedule(cfg), seed=cfg.classifier.seed, precision=cfg.trainer.precision,
+    from recondec.data.builtin import source_folder
+
+    data = {k: v for k, v in classifier_data(cfg).items() if k not in _NOT_IN_KEY["data"]}
+    data["root"] = source_folder(data["name"], data["root"])  # the files read, however they were named
+    schedule = classifier_schedule(cfg)
+    schedule.pop("unlabelled_batch_size")  # always 0 for the classifier
+    parts = {"data": data, "backbone": {k: v for k, v in OmegaConf.to_container(cfg.backbone, enum_to_str=True).items()
+                                        if k not in _NOT_IN_KEY["backbone"]}}
+    parts.update(schedule=schedule, seed=cfg.classifier.seed, precision=cfg.trainer.precision,
                  epoch_steps=cfg.trainer.max_steps_per_epoch, classification_weight=cfg.loss.classification)
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -54,7 +71,8 @@ def classifier_job(cfg: DictConfig, folder: Path) -> DictConfig:
     OmegaConf.set_struct(sub, False)
     values = {"variant": {"name": "baseline", "topology": "none", "unpool": "fixed", "losses": "first",
                           "decode_from": None},
-              "schedule": classifier_schedule(cfg), "trainer.seed": cfg.classifier.seed, "classifier.epochs": 0,
+              "schedule": classifier_schedule(cfg), "data": classifier_data(cfg), "data.labelled": None,
+              "trainer.seed": cfg.classifier.seed, "classifier.epochs": 0,
               "backbone.pretrained": None, "study": "train", "resume": None, "output_dir": str(folder / "run"),
               "logger.run_name": f"classifier {folder.name}",
               "logger.tags": {"role": "classifier", "classifier_key": folder.name}}

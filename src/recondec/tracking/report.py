@@ -135,8 +135,17 @@ def verdict(c: Comparison, what: str = "top-1") -> str:
     return f"no difference from the baseline detected: {interval}; the interval bounds what {c.n} seeds can rule out"
 
 
-def ordered(variants) -> list[str]:
-    return sorted(variants, key=lambda v: (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else 99, v))
+def arm(run) -> str:
+    """A report row: the variant, or "<variant>+unlabelled" for semi-supervised runs (their tag "arm")."""
+    return run.data.tags.get("arm", run.data.tags["variant"])
+
+
+def ordered(arms) -> list[str]:
+    def key(a: str):
+        variant = a.split("+")[0]
+        return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else 99, a)
+
+    return sorted(arms, key=key)
 
 
 # ---------------------------------------------------------------------------------------------- MLflow
@@ -154,7 +163,7 @@ def finished_runs(tracking_uri: str, experiment: str, sweep: Optional[str] = Non
         tags = r.data.tags
         if SUMMARY_TAG in tags or tags.get("role") == "classifier" or "variant" not in tags:
             continue
-        newest.setdefault((tags["variant"], tags.get("seed", r.info.run_id)), r)
+        newest.setdefault((arm(r), tags.get("seed", r.info.run_id)), r)
     return list(newest.values())
 
 
@@ -162,7 +171,7 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
     """variant -> metric -> Stat (the last logged value of each run, keyed by its seed)."""
     table: dict[str, dict[str, Stat]] = {}
     for run in runs:
-        stats = table.setdefault(run.data.tags["variant"], {})
+        stats = table.setdefault(arm(run), {})
         seed = run.data.tags.get("seed", run.info.run_id)
         for key, value in run.data.metrics.items():
             if key in ACCURACY or key in OTHER or key.startswith(("val/mse/", "val/psnr/")):
@@ -171,10 +180,19 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
 
 
 def comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
+    """Every row against the baseline (Holm-adjusted together)."""
     base = table.get("baseline", {}).get(metric)
     if base is None:
         return {}
     found = {v: compare(table[v][metric], base) for v in ordered(table) if v != "baseline" and metric in table[v]}
+    holm(found)
+    return found
+
+
+def unlabelled_comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
+    """Each "<variant>+unlabelled" row against the same variant without the unlabelled images."""
+    found = {a: compare(table[a][metric], table[a.split("+")[0]][metric]) for a in ordered(table)
+             if "+" in a and metric in table[a] and metric in table.get(a.split("+")[0], {})}
     holm(found)
     return found
 
@@ -188,7 +206,18 @@ def _p(p: float) -> str:
     return "-" if math.isnan(p) else f"{p:.3g}"
 
 
-def markdown(table, experiment: str, comps: dict[str, Comparison]) -> str:
+def _comparison_lines(comps: dict[str, Comparison], against: str) -> list[str]:
+    lines = ["| row | Δ top-1 | 95 % CI | Welch p | Holm p | paired Δ (seeds) | paired 95 % CI | paired p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for v, c in comps.items():
+        lines.append(f"| {v} | {c.diff:+.2f} | {_ci(c.ci)} | {_p(c.p)} | {_p(c.p_holm)} | "
+                     f"{c.paired_diff:+.2f} ({c.n_pairs}) | {_ci(c.paired_ci)} | {_p(c.paired_p)} |")
+    verdicts = [f"- **{v}** {verdict(c).replace('the baseline', against)}." for v, c in comps.items()]
+    return [*lines, "", "Verdicts:", "", *verdicts]
+
+
+def markdown(table, experiment: str, comps: dict[str, Comparison],
+             unlabelled: Optional[dict[str, Comparison]] = None) -> str:
     seeds = sorted({s for stats in table.values() for s in stats.get("val/top1", Stat()).by_seed}, key=str)
     accuracy = [k for k in ACCURACY if any(k in s for s in table.values())]
     other = [k for k in OTHER if any(k in s for s in table.values())]
@@ -202,13 +231,11 @@ def markdown(table, experiment: str, comps: dict[str, Comparison]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if comps:
         lines += ["", f"Top-1 against the baseline ({CONFIDENCE:.0%} confidence; Welch: unequal variances; "
-                  "Holm: adjusted for the variants compared; paired: over the seeds both have).", "",
-                  "| variant | Δ top-1 | 95 % CI | Welch p | Holm p | paired Δ (seeds) | paired 95 % CI | paired p |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for v, c in comps.items():
-            lines.append(f"| {v} | {c.diff:+.2f} | {_ci(c.ci)} | {_p(c.p)} | {_p(c.p_holm)} | "
-                         f"{c.paired_diff:+.2f} ({c.n_pairs}) | {_ci(c.paired_ci)} | {_p(c.paired_p)} |")
-        lines += ["", "Verdicts:", ""] + [f"- **{v}** {verdict(c)}." for v, c in comps.items()]
+                  "Holm: adjusted for the rows compared; paired: over the seeds both have).", "",
+                  *_comparison_lines(comps, "the baseline")]
+    if unlabelled:
+        lines += ["", "Top-1 with the unlabelled images against the same variant without them.", "",
+                  *_comparison_lines(unlabelled, "the variant without unlabelled images")]
     return "\n".join(lines) + "\n"
 
 
@@ -269,16 +296,17 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
         raise ValueError(f"experiment {experiment!r} has no finished runs to report on")
     comps = comparisons(table)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(markdown(table, experiment, comps))
+    (out_dir / "report.md").write_text(markdown(table, experiment, comps, unlabelled_comparisons(table)))
     figures = {"accuracy_per_variant.png": plot_accuracy(table), "recon_error_per_level.png": plot_recon_error(table)}
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
     set_experiment(tracking_uri, experiment)
     with mlflow.start_run(run_name=f"report {experiment}", tags={SUMMARY_TAG: "true"}) as run:
-        for v, stats in table.items():
-            mlflow.log_metrics({f"{v}/{k}_mean": s.mean for k, s in stats.items()})
+        for v, stats in table.items():  # MLflow names take no "+": swwae_all+unlabelled -> swwae_all_with_unlabelled
+            mlflow.log_metrics({f"{v.replace('+', '_with_')}/{k}_mean": s.mean for k, s in stats.items()})
         for v, c in comps.items():
+            v = v.replace("+", "_with_")
             mlflow.log_metrics({f"{v}/top1_diff": c.diff, f"{v}/top1_diff_ci_low": c.ci[0],
                                 f"{v}/top1_diff_ci_high": c.ci[1], f"{v}/top1_welch_p": c.p})
         mlflow.log_artifacts(str(out_dir), "report")
