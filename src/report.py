@@ -18,7 +18,8 @@ from recondec.tracking.report import write_report  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", help="MLflow experiment name (logger.experiment of the runs)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO_ROOT}/mlflow.db"),
+    default_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO_ROOT}/mlflow.db")
+    parser.add_argument("--tracking-uri", default=default_uri,
                         help="default: $MLFLOW_TRACKING_URI, else the repository's mlflow.db (as the jobs)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/<experiment>)")
     parser.add_argument("--sweep", default=None, help="only the runs of this multirun folder (their 'sweep' tag)")

@@ -374,7 +374,8 @@ class ReconStudyConf(Checked):
     """The reconstruction study (study=recon): decoders trained on a frozen classifier, one per level. The
     classifier is backbone.pretrained, or trained once and cached (classifier.epochs)."""
     decoder_epochs: int = 3
-    levels: list[str] = field(default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "fc8"])
+    levels: list[str] = field(default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5",
+                                                       "fc6", "fc7", "fc8"])
     figure_images: int = 4
 
     def check(self) -> None:

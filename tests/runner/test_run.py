@@ -135,7 +135,8 @@ def test_multirun_of_two_jobs_gives_two_child_runs_of_one_parent(tmp_path):
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, timeout=580, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     (parent,) = [r for r in runs_of(db, "grid") if r.data.tags.get("role") == "sweep"]
     runs = [r for r in runs_of(db, "grid") if r.data.tags.get("role") != "sweep"]
-    assert parent.info.status == "FINISHED" and parent.data.params["sweep.overrides"].startswith("variant=sae_all,swwae")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.overrides"].startswith("variant=sae_all,swwae")
     assert [r.data.tags["mlflow.parentRunId"] for r in runs] == [parent.info.run_id] * 2  # the UI nests them
     summary = MlflowClient(f"sqlite:///{db}").download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))
     assert all(f"| {r.info.run_name} | FINISHED |" in Path(summary).read_text() for r in runs)

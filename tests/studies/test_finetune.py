@@ -3,9 +3,9 @@ from it, see the same batches in their joint stage, and differ only by the decod
 import json
 
 import mlflow
-from omegaconf import OmegaConf
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from recondec.config import ConfigError, validate
 from recondec.run import JobInfo, run_job

@@ -5,7 +5,7 @@ import mlflow
 import pytest
 
 from recondec.tracking.mlflow_logger import set_experiment
-from recondec.tracking.report import Stat, collect, compare, comparisons, finished_runs, holm, verdict, write_report
+from recondec.tracking.report import Stat, collect, compare, finished_runs, holm, verdict, write_report
 
 TOP1 = {"baseline": [90.0, 90.5, 91.0], "swwae_all": [93.0, 93.2, 92.9], "sae_first": [90.2, 91.1, 89.9]}
 
@@ -81,8 +81,9 @@ def test_comparison_statistics_are_scipys_welch_and_paired_tests():
 
 
 def test_holm_adjusts_for_the_variants_compared():
-    comps = {name: compare(Stat(dict(enumerate(v))), Stat(dict(enumerate([0.0, 0.1, -0.1, 0.05]))))
-             for name, v in {"a": [0.3, 0.2, 0.1, 0.25], "b": [1.0, 1.1, 0.9, 1.05], "c": [0.0, 0.1, -0.1, 0.06]}.items()}
+    base = Stat(dict(enumerate([0.0, 0.1, -0.1, 0.05])))
+    rows = {"a": [0.3, 0.2, 0.1, 0.25], "b": [1.0, 1.1, 0.9, 1.05], "c": [0.0, 0.1, -0.1, 0.06]}
+    comps = {name: compare(Stat(dict(enumerate(v))), base) for name, v in rows.items()}
     holm(comps)
     ranked = sorted(comps.values(), key=lambda c: c.p)
     assert ranked[0].p_holm == pytest.approx(min(1, 3 * ranked[0].p))

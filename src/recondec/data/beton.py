@@ -426,7 +426,8 @@ def write_listing(listing: Listing, path: str | Path, opts: FFCVConf, desc: str 
                  + "".join(f"{d}\tempty class folder (no image files)\n" for d in listing.empty_dirs))
     if not good:
         raise ValueError(f"no valid image among the {len(listing.samples)} files found for {path} (see {report})")
-    _write_beton(path, _FileSource(good, opts.max_resolution, _tmp(path, ".errors")), opts, 3 * opts.max_resolution ** 2)
+    source = _FileSource(good, opts.max_resolution, _tmp(path, ".errors"))
+    _write_beton(path, source, opts, 3 * opts.max_resolution ** 2)
     result = WriteResult(str(path), len(listing.samples), len(good), len(bad), len(listing.empty_dirs), str(report))
     _record(path, fingerprint, result)
     return result

@@ -331,7 +331,8 @@ def torchvision_weights(backbone: str, pretrained: str) -> Optional[WeightsEnum]
     names = weights_names(backbone)
     if pretrained not in names:
         allowed = f"or a torchvision weights name of {backbone}: one of {names}" if names else \
-            f"({backbone} has no torchvision counterpart, so no weights names; those are for {sorted(TORCHVISION_NAMES)})"
+            f"({backbone} has no torchvision counterpart, so no weights names; those are for " \
+            f"{sorted(TORCHVISION_NAMES)})"
         raise ValueError(f"backbone.pretrained={pretrained!r} is invalid: allowed a path to an existing local file "
                          f"{allowed}")
     return get_model_weights(TORCHVISION_NAMES[backbone])[pretrained]
