@@ -54,12 +54,12 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
     base = ["experiment=finetune_fmnist", f"classifier.cache_dir={tmp_path}/classifiers", "classifier.epochs=1",
             "schedule.pretrain.probe_steps=2", "schedule.pretrain.probe_batches=1", *TINY]
     results = {}
-    for variant in ("baseline", "swwae_all", "sae_layerwise"):
+    for variant in VARIANTS:
         overrides = [*base, f"variant={variant}"]
         results[variant] = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
     runs = mlflow.search_runs(experiment_names=["finetune_fmnist"], output_format="list")
     classifiers = [r for r in runs if r.data.tags.get("role") == "classifier"]
-    assert len(classifiers) == 1  # trained by the first job, reused by the other two
+    assert len(classifiers) == 1  # trained by the first job, reused by the other six
     (folder,) = (tmp_path / "classifiers").glob("*/")
     assert json.loads((folder / "classifier.json").read_text())["run_id"] == classifiers[0].info.run_id
     cached = torch.load(folder / "encoder.pt")
@@ -68,7 +68,7 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
         assert (tags["classifier_run"], tags["classifier_key"]) == (classifiers[0].info.run_id, folder.name)
     # the joint stage of the baseline and of each variant starts from the cached classifier, bit for bit, and
     # its first batch is the same (the decoder stages before it neither move the encoder nor shift the order)
-    assert len(recorded) == 4  # the classifier's own job, then the three fine-tuning jobs
+    assert len(recorded) == 1 + len(VARIANTS)  # the classifier's own job, then the fine-tuning jobs
     for job in recorded[1:]:
         assert job["encoder"].keys() == cached.keys()
         assert all(torch.equal(job["encoder"][k], cached[k]) for k in cached)

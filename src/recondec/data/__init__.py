@@ -11,6 +11,12 @@ from typing import Any
 from recondec.config import IMAGENET_MEAN, IMAGENET_STD, DataConf, Loader, TrainCrop
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's sample order: the order is a pure function of (seed, epoch), so a resumed run can
+    skip the batches it already saw (the memory and torchvision loaders; ffcv seeds its own from the epoch)."""
+    return seed * 100_003 + epoch
+
+
 UNLABELLED_SEED = 7_919  # the unlabelled stream's order: its own seed, never the labelled stream's
 
 

@@ -42,7 +42,12 @@ def _record_thread_error(args) -> None:
     _previous_excepthook(args)
 
 
-threading.excepthook = _record_thread_error
+def _install_thread_hook() -> None:
+    """Record the exceptions of dying threads (chained to the hook before it); installed by the first loader that
+    needs it, not by importing this module."""
+    global _previous_excepthook
+    if threading.excepthook is not _record_thread_error:
+        _previous_excepthook, threading.excepthook = threading.excepthook, _record_thread_error
 
 
 class LoaderStalled(RuntimeError):
@@ -60,6 +65,7 @@ class GuardedLoader:
     def __init__(self, loader, fname: str, timeout_s: float, poll_s: float = 0.2):
         self.loader, self.fname, self.timeout_s, self.poll_s = loader, fname, timeout_s, poll_s
         self.skip_batches = 0
+        _install_thread_hook()
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf, TrainCrop
-from recondec.data import Loaders, ten_crop_view_size
+from recondec.data import Loaders, epoch_seed, ten_crop_view_size
 from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
 
 
@@ -79,7 +79,7 @@ class FolderLoader:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         elif self.loader.generator is not None:  # reseeded: an epoch's order is a function of (seed, epoch)
-            self.loader.generator.manual_seed(self.seed * 100_003 + epoch)
+            self.loader.generator.manual_seed(epoch_seed(self.seed, epoch))
         self.skip_batches = skip_batches
 
     def __iter__(self):
@@ -93,7 +93,7 @@ def _loader(dataset: Dataset, data: DataConf, batch_size: int, seed: int, train:
             world_size: int) -> FolderLoader:
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                  drop_last=train) if world_size > 1 else None
-    generator = torch.Generator().manual_seed(seed * 100_003) if train and sampler is None else None
+    generator = torch.Generator().manual_seed(epoch_seed(seed, 0)) if train and sampler is None else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                         generator=generator, drop_last=train, num_workers=data.num_workers,
                         persistent_workers=data.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recondec.data import epoch_seed
 from recondec.data.builtin import ArraySplit
 
 
@@ -40,7 +41,7 @@ class MemoryLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             idx = torch.randperm(n, generator=g)
         else:
             idx = torch.arange(n)
