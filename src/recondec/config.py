@@ -273,8 +273,9 @@ class DataConf(Checked):
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     train_limit: Optional[int] = None   # use only the first N training images (quick runs)
-    # semi-supervised: only the first N training images (after train_limit) carry labels, the rest are unlabelled
-    # (used with schedule.unlabelled_batch_size > 0, else unused); null: every training image is labelled
+    # semi-supervised: only N training images (after train_limit) carry labels, the rest are unlabelled (used with
+    # schedule.unlabelled_batch_size > 0, else unused): the first N of a built-in set (stored in random order), a
+    # fixed random N of an image folder (stored class by class); null: every training image is labelled
     labelled: Optional[int] = None
     val_limit: Optional[int] = None
     val_fraction: float = 0.2           # for sets without an official split (digits); the split seed is fixed
@@ -429,9 +430,6 @@ def validate(cfg: DictConfig) -> Config:
              "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
              obj.classifier.epochs)
     _fill_normalisation(obj)
-    _require(obj.data.labelled is None or obj.data.loader is Loader.memory, "data.labelled",
-             "null with data.loader=ffcv or torchvision (labelled / unlabelled splits exist for the memory loader "
-             "only, so far)", obj.data.labelled)
     if obj.schedule.unlabelled_batch_size:
         _require(obj.data.labelled is not None, "schedule.unlabelled_batch_size",
                  "0 unless data.labelled leaves unlabelled images (set data.labelled=N)",

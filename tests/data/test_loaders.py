@@ -227,3 +227,34 @@ def test_both_image_loaders_train_on_paper_era_crops(tree):
         assert x.shape == (BATCH, 3, SIZE, SIZE) and torch.isfinite(x).all() and x.std() > 0
     steps = [type(t).__name__ for t in loaders.train.loader.dataset.transform.transforms]  # torchvision's
     assert steps[:3] == ["Resize", "RandomCrop", "RandomHorizontalFlip"]
+
+
+def _rows(loader) -> list[int]:
+    """The training-set rows a loader reads: ffcv's indices, or the torchvision Subset's."""
+    if isinstance(loader, GuardedLoader):
+        return [int(i) for i in loader.loader.indices]
+    dataset = loader.loader.dataset
+    while not hasattr(dataset, "indices"):  # the unlabelled stream wraps its Subset
+        dataset = dataset.dataset
+    return [int(i) for i in dataset.indices]
+
+
+@timeout
+@pytest.mark.slow
+def test_image_folder_loaders_split_labelled_and_unlabelled_images_alike(tree):
+    """data.labelled on an image folder (stored class by class): a fixed random share is labelled, the rest is
+    the unlabelled stream; both loaders pick the same images."""
+    split = {}
+    for kind in (Loader.torchvision, Loader.ffcv):
+        loaders = build_loaders(replace(folder_conf(*tree, loader=kind), labelled=12), SIZE, BATCH, seed=0,
+                                unlabelled_batch_size=4)
+        labelled, unlabelled = _rows(loaders.train), _rows(loaders.unlabelled)
+        assert loaders.num_train == 12 and len(loaders.unlabelled) == 24 // 4
+        assert sorted(labelled + unlabelled) == list(range(36)) and not set(labelled) & set(unlabelled)
+        split[kind] = labelled, loaders
+    assert split[Loader.torchvision][0] == split[Loader.ffcv][0]
+    tv = split[Loader.torchvision][1]
+    targets = tv.train.loader.dataset.dataset.targets  # ImageFolder's class per row
+    assert len({targets[i] for i in split[Loader.torchvision][0]}) > 1  # not just the first class folder
+    x, y = next(iter(tv.unlabelled))
+    assert x.shape == (4, 3, SIZE, SIZE) and bool((y == -1).all())

@@ -69,3 +69,16 @@ def test_more_labelled_images_than_training_images_is_an_error(compose_cfg):
 def test_the_baseline_ignores_unlabelled_images(compose_cfg):
     trainer = build_trainer(validate(compose_cfg(*SEMI, "variant=baseline")), None)
     assert trainer.loaders.unlabelled is not None and trainer.unlabelled is None
+
+
+def test_semi_supervised_training_on_an_image_folder(compose_cfg, tmp_path):
+    from ..data.conftest import good_tree
+
+    root = good_tree(tmp_path / "tree")  # 3 classes, 12 training images each
+    overrides = ["data=folder", f"data.root={root}", "data.loader=torchvision", "data.num_workers=0",
+                 "data.labelled=12", "schedule.unlabelled_batch_size=8", "variant=swwae_all", "schedule.batch_size=4",
+                 "backbone.image_size=32", "backbone.width=0.125", "backbone.classifier_width=16",
+                 "schedule.decoder.epochs=1", "schedule.joint.epochs=1", "trainer.progress=false",
+                 "trainer.recon_images=2"]
+    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    assert result.metrics["train/loss/unlabelled"] > 0

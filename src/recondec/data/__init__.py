@@ -6,9 +6,11 @@ Every loader yields (images, labels): float32 (N, 3, S, S) normalized with data.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Optional
 
-from recondec.config import IMAGENET_MEAN, IMAGENET_STD, DataConf, Loader, TrainCrop
+import numpy as np
+
+from recondec.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, DataConf, Loader, TrainCrop
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -18,6 +20,21 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 UNLABELLED_SEED = 7_919  # the unlabelled stream's order: its own seed, never the labelled stream's
+SPLIT_SEED = 0  # which images of an image folder are labelled: fixed, the same for every job and seed
+BUILTIN = ("digits", "fashion_mnist")  # the sets data/builtin.py loads (memory loader, or .beton on first use)
+
+
+def labelled_split(n: int, data: DataConf) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The indices (sorted) of the labelled and the unlabelled training images for data.labelled = N, or
+    (None, None) when all are labelled. Built-in sets are stored in random order: their first N images are
+    labelled (as data.train_limit=N takes them). Image folders are stored class by class: a fixed random N."""
+    if data.labelled is None:
+        return None, None
+    if data.labelled > n:
+        raise ConfigError(f"data.labelled={data.labelled} is invalid: allowed at most {n}, the training images "
+                          "(after data.train_limit)")
+    order = np.arange(n) if data.name in BUILTIN else np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(order[:data.labelled]), np.sort(order[data.labelled:])
 
 
 @dataclass
@@ -49,7 +66,7 @@ def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *
 
         train, val = load_builtin(data.name, data.root, data.val_fraction)
         train, val = limit(train, data.train_limit), limit(val, data.val_limit)
-        train, unlabelled = split_labelled(train, data.labelled)
+        train, unlabelled = split_labelled(train, *labelled_split(len(train.labels), data))
         common = dict(batch_size=batch_size, mean=data.mean, std=data.std, rank=rank, world_size=world_size)
         loaders = Loaders(MemoryLoader(train, image_size, shuffle=True, seed=seed, drop_last=True, **common),
                           MemoryLoader(val, image_size, shuffle=False, **common), len(train.labels), len(val.labels))
@@ -63,8 +80,9 @@ def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *
         from recondec.data.ffcv_loader import build_ffcv_loaders
 
         return build_ffcv_loaders(data, image_size, batch_size, seed, device=device, rank=rank,
-                                  world_size=world_size, ten_crop=ten_crop, train_crop=train_crop)
+                                  world_size=world_size, ten_crop=ten_crop, train_crop=train_crop,
+                                  unlabelled_batch_size=unlabelled_batch_size)
     from recondec.data.folder import build_folder_loaders
 
     return build_folder_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size,
-                                ten_crop=ten_crop, train_crop=train_crop)
+                                ten_crop=ten_crop, train_crop=train_crop, unlabelled_batch_size=unlabelled_batch_size)

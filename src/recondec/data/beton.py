@@ -26,10 +26,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from recondec.config import REPO_ROOT, DataConf, FFCVConf
+from recondec.data import BUILTIN
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 VAL_LABEL_FILES = ("val_labels.txt", "val.txt")  # for a flat val/ folder: "<file name> <class index>" per line
-BUILTIN = ("digits", "fashion_mnist")
 SPLITS = ("train", "val")
 SMART_THRESHOLD = 3 * 96 * 96  # write_mode=smart: raw pixels up to ~96x96 (decoding is a copy), JPEG above
 MIN_PAGE = 1 << 21             # ffcv's minimum page size (2 MiB)

@@ -119,16 +119,11 @@ def limit(split: ArraySplit, n: int | None) -> ArraySplit:
     return split if n is None else ArraySplit(split.images[:n], split.labels[:n])
 
 
-def split_labelled(split: ArraySplit, labelled: Optional[int]) -> tuple[ArraySplit, Optional[ArraySplit]]:
-    """The first `labelled` images keep their labels; the rest become the unlabelled pool (labels -1, so that a
+def split_labelled(split: ArraySplit, labelled: Optional[np.ndarray], unlabelled: Optional[np.ndarray]
+                   ) -> tuple[ArraySplit, Optional[ArraySplit]]:
+    """The labelled images keep their labels; the others become the unlabelled pool (labels -1, so that a
     classification loss on them fails loudly instead of learning from labels it must not see)."""
     if labelled is None:
         return split, None
-    n = len(split.labels)
-    if labelled > n:
-        from recondec.config import ConfigError
-
-        raise ConfigError(f"data.labelled={labelled} is invalid: allowed at most {n}, the training images "
-                          "(after data.train_limit)")
-    rest = ArraySplit(split.images[labelled:], np.full(n - labelled, -1, dtype=np.int64))
-    return ArraySplit(split.images[:labelled], split.labels[:labelled]), rest
+    rest = ArraySplit(split.images[unlabelled], np.full(len(unlabelled), -1, dtype=np.int64))
+    return ArraySplit(split.images[labelled], split.labels[labelled]), rest

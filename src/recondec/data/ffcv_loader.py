@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from recondec.config import DataConf, Order, TrainCrop
-from recondec.data import Loaders, ten_crop_view_size
-from recondec.data.beton import BUILTIN, beton_path, prepare_command, write_dataset
+from recondec.data import BUILTIN, UNLABELLED_SEED, Loaders, labelled_split, ten_crop_view_size
+from recondec.data.beton import beton_path, prepare_command, write_dataset
 
 VAL_CROP_RATIO = 224 / 256
 
@@ -219,12 +219,11 @@ def _distributed(data: DataConf, world_size: int) -> bool:
     return data.ffcv.distributed
 
 
-def _indices(fname: str, limit: Optional[int]) -> Optional[np.ndarray]:
-    if limit is None:
-        return None
+def _indices(fname: str, limit: Optional[int]) -> np.ndarray:
     from ffcv.reader import Reader
 
-    return np.arange(min(limit, Reader(fname).num_samples))
+    n = Reader(fname).num_samples
+    return np.arange(n if limit is None else min(limit, n))
 
 
 def ensure_betons(data: DataConf) -> dict[str, str]:
@@ -269,7 +268,7 @@ def random_square_crop(height, width, _scale, ratio):
 
 def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
                        rank: int = 0, world_size: int = 1, ten_crop: bool = False,
-                       train_crop: TrainCrop = TrainCrop.random_resized) -> Loaders:
+                       train_crop: TrainCrop = TrainCrop.random_resized, unlabelled_batch_size: int = 0) -> Loaders:
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
@@ -278,11 +277,17 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
     size = (image_size, image_size)
     common = dict(batch_size=batch_size, num_workers=data.num_workers, os_cache=data.ffcv.os_cache,
                   distributed=distributed, seed=seed)
-    train = Loader(paths["train"], order=_order(data, distributed), drop_last=True,
-                   indices=_indices(paths["train"], data.train_limit), **common,
-                   pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
-                                                      data.std, flip=True, channels_last=True),
-                              "label": label_pipeline(device)})
+    indices = _indices(paths["train"], data.train_limit)
+    labelled, pool = labelled_split(len(indices), data)
+
+    def train_loader(rows: np.ndarray, **kw):
+        return Loader(paths["train"], order=_order(data, distributed), drop_last=True, indices=rows,
+                      **{**common, **kw},
+                      pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
+                                                         data.std, flip=True, channels_last=True),
+                                 "label": label_pipeline(device)})
+
+    train = train_loader(indices if labelled is None else indices[labelled])
     timeout = data.ffcv.batch_timeout_s
 
     def val_loader(side: int, crop_ratio: float) -> GuardedLoader:
@@ -299,4 +304,7 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
     loaders = Loaders(GuardedLoader(train, paths["train"], timeout), val, len(train.indices), val.num_samples)
     if ten_crop:
         loaders.val_ten_crop = val_loader(ten_crop_view_size(image_size), 1.0)
+    if pool is not None and unlabelled_batch_size and len(pool):  # its labels are never read
+        loaders.unlabelled = GuardedLoader(train_loader(indices[pool], batch_size=unlabelled_batch_size,
+                                                        seed=seed + UNLABELLED_SEED), paths["train"], timeout)
     return loaders

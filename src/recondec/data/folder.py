@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf, TrainCrop
-from recondec.data import Loaders, epoch_seed, ten_crop_view_size
+from recondec.data import UNLABELLED_SEED, Loaders, epoch_seed, labelled_split, ten_crop_view_size
 from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
 
 
@@ -104,12 +104,27 @@ def _limit(dataset: Dataset, n: Optional[int]) -> Dataset:
     return dataset if n is None or n >= len(dataset) else Subset(dataset, range(n))
 
 
+class _Unlabelled(Dataset):
+    """Training images whose labels must not be seen: label -1 (a classification loss on them fails loudly)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[i][0], -1
+
+
 def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
-                         world_size: int = 1, ten_crop: bool = False,
-                         train_crop: TrainCrop = TrainCrop.random_resized) -> Loaders:
+                         world_size: int = 1, ten_crop: bool = False, train_crop: TrainCrop = TrainCrop.random_resized,
+                         unlabelled_batch_size: int = 0) -> Loaders:
     classes = list_classes(Path(data.root) / "train")
     transform = train_transform(image_size, data.mean, data.std, train_crop)
     train = _limit(image_dataset(data.root, "train", classes, transform), data.train_limit)
+    labelled, unlabelled = labelled_split(len(train), data)
+    train, pool = (train, None) if labelled is None else (Subset(train, labelled), Subset(train, unlabelled))
 
     def val_loader(transform: Callable) -> FolderLoader:
         val = _limit(image_dataset(data.root, "val", classes, transform), data.val_limit)
@@ -121,4 +136,7 @@ def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed:
     if ten_crop:
         view = ten_crop_view_size(image_size)
         loaders.val_ten_crop = val_loader(val_transform(view, data.mean, data.std, crop_ratio=1.0))
+    if pool is not None and unlabelled_batch_size and len(pool):
+        loaders.unlabelled = _loader(_Unlabelled(pool), data, unlabelled_batch_size, seed + UNLABELLED_SEED, True,
+                                     rank, world_size)
     return loaders
