@@ -52,9 +52,9 @@ def _steps_of_one_rank(rank: int, world_size: int, resolved: dict, out: str) -> 
         distributed.shutdown()
 
 
-def _run(compose_cfg, tmp_path, world_size: int) -> dict:
-    resolved = OmegaConf.to_container(compose_cfg(*SGD_RUN), resolve=True)
-    out = str(tmp_path / f"steps{world_size}.pt")
+def _run(compose_cfg, tmp_path, world_size: int, *extra: str) -> dict:
+    resolved = OmegaConf.to_container(compose_cfg(*SGD_RUN, *extra), resolve=True)
+    out = str(tmp_path / f"steps{world_size}{len(extra)}.pt")
     if world_size == 1:
         _steps_of_one_rank(0, 1, resolved, out)
     else:
@@ -94,6 +94,21 @@ def test_a_short_sgd_trajectory_on_two_ranks_follows_the_one_process_one(one_and
         assert torch.equal(one["start"][k], two["start"][k]), k  # the same initial weights on every rank
         moved1, moved2 = w1 - one["start"][k], two["end"][k] - two["start"][k]
         assert moved1.abs().max() > 0, k  # the tensor trained
+        assert _max_rel_to_max(moved2, moved1) <= GRAD_RTOL, k
+
+
+# semi-supervised: 128 labelled images (4 batches of 32) and 64 unlabelled ones (2 batches of 32: the unlabelled
+# stream wraps within the STEPS steps); each rank takes its shard of both streams
+SEMI = ["data.train_limit=192", "data.labelled=128", "schedule.unlabelled_batch_size=32"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_semi_supervised_two_ranks_follow_the_one_process_gradients_and_trajectory(compose_cfg, tmp_path):
+    one, two = _run(compose_cfg, tmp_path, 1, *SEMI), _run(compose_cfg, tmp_path, 2, *SEMI)
+    for k, g1 in one["grads"].items():
+        assert _max_rel_to_max(two["grads"][k], g1) <= GRAD_RTOL, k
+        moved1, moved2 = one["end"][k] - one["start"][k], two["end"][k] - two["start"][k]
         assert _max_rel_to_max(moved2, moved1) <= GRAD_RTOL, k
 
 
