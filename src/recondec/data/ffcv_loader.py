@@ -223,7 +223,7 @@ def _indices(fname: str, limit: Optional[int]) -> np.ndarray:
     from ffcv.reader import Reader
 
     n = Reader(fname).num_samples
-    return np.arange(n if limit is None else min(limit, n))
+    return np.arange(int(n) if limit is None else min(limit, int(n)))  # int64: a uint64 count would index as float
 
 
 def ensure_betons(data: DataConf) -> dict[str, str]:
