@@ -84,6 +84,11 @@ class ChannelOrder(str, enum.Enum):
     bgr = "bgr"  # Caffe-converted weights (input=caffe)
 
 
+class DecoderInit(str, enum.Enum):
+    reference = "reference"  # the reference prototxts: N(0, 0.001^2) (fc decoders 0.01), biases 0
+    he = "he"                # He (Kaiming) normal for the ReLUs that follow, biases 0: torchvision's convention
+
+
 class Loader(str, enum.Enum):
     memory = "memory"          # whole data set as tensors (built-in sets): fast and bit-deterministic
     ffcv = "ffcv"              # .beton files through ffcv
@@ -113,6 +118,9 @@ class BackboneConf(Checked):
     # a local torchvision-format state dict, or torchvision's weights name for it (IMAGENET1K_V1, DEFAULT)
     pretrained: Optional[str] = None
     channel_order: ChannelOrder = ChannelOrder.rgb  # what the weights expect; the data stays RGB
+    # the decoders' initialisation. `reference` trains under SGD only after long layer-wise warm starts (the
+    # upper blocks sit on a plateau for hundreds of steps, README); the CPU-scale presets use `he`
+    decoder_init: DecoderInit = DecoderInit.reference
 
     def check(self) -> None:
         from recondec.models.backbones import BACKBONES  # late import: config must not need torch

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from recondec.config import BackboneConf, ChannelOrder, LossLevels, Topology, Unpool, VariantConf
+from recondec.config import BackboneConf, ChannelOrder, DecoderInit, LossLevels, Topology, Unpool, VariantConf
 from recondec.models.backbones import Encoder, EncoderOutput, build_encoder, load_pretrained
 from recondec.models.decoders import FCDecoder, LayerwiseDecoder, StackedDecoder, init_decoder, level_name
 
@@ -33,13 +33,14 @@ class AugmentedOutput:
 
 class AugmentedNet(nn.Module):
     def __init__(self, encoder: Encoder, variant: VariantConf, image_size: int, num_classes: int,
-                 fc_width: int = 4096, channel_order: ChannelOrder = ChannelOrder.rgb):
+                 fc_width: int = 4096, channel_order: ChannelOrder = ChannelOrder.rgb,
+                 decoder_init: DecoderInit = DecoderInit.reference):
         super().__init__()
         self.encoder, self.variant, self.image_size = encoder, variant, image_size
         self.bgr = channel_order is ChannelOrder.bgr  # Caffe-converted weights read BGR
         self.decoder = self._build_decoder(variant, fc_width, num_classes)
         if self.decoder is not None:
-            init_decoder(self.decoder)
+            init_decoder(self.decoder, decoder_init)
         self.encoder_frozen = False
 
     # ------------------------------------------------------------ structure
@@ -134,7 +135,7 @@ def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) 
             log.warning("pretrained weights: %d tensors kept their initialisation (shape differs): %s",
                         len(skipped), ", ".join(skipped))
     return AugmentedNet(encoder, variant, backbone.image_size, num_classes, _fc_width(encoder),
-                        backbone.channel_order)
+                        backbone.channel_order, backbone.decoder_init)
 
 
 def _fc_width(encoder: Encoder) -> int:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from recondec.config import Unpool
+from recondec.config import DecoderInit, Unpool
 from recondec.models.backbones import ConvSpec, DecoderConv, DecoderFC, EncoderOutput, MacroLayer
 from recondec.models.unpool import fixed_unpool, switch_unpool
 
@@ -23,11 +23,18 @@ INIT_STD = 1e-3     # decoder convs (the reference prototxts)
 FC_INIT_STD = 1e-2  # fc decoders (the reference's .extra reconstruction models)
 
 
-def init_decoder(module: nn.Module) -> None:
-    """Weights N(0, std^2), biases constant: INIT_STD and 0 unless the layer was built with its own
-    (`init_std` / `init_bias`, from a backbone's reference decoder)."""
+def init_decoder(module: nn.Module, scheme: DecoderInit = DecoderInit.reference) -> None:
+    """`reference`: weights N(0, std^2), biases constant: INIT_STD and 0 unless the layer was built with its own
+    (`init_std` / `init_bias`, from a backbone's reference decoder). `he`: He-normal weights for the ReLU after
+    each layer (fan-in of the input a layer sees; for a transposed conv its fan-out), biases 0."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            continue
+        if scheme is DecoderInit.he:
+            mode = "fan_out" if isinstance(m, nn.ConvTranspose2d) else "fan_in"  # torch's fans of a transposed conv
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")  # are swapped: fan_out is its input
+            nn.init.zeros_(m.bias)
+        else:
             nn.init.normal_(m.weight, 0.0, getattr(m, "init_std", INIT_STD))
             nn.init.constant_(m.bias, getattr(m, "init_bias", 0.0))
 

@@ -25,7 +25,7 @@ from recondec.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 # data settings that change how fast, not what, the classifier learns
-_NOT_IN_KEY = {"data": ("num_workers",), "backbone": ("pretrained",)}
+_NOT_IN_KEY = {"data": ("num_workers",), "backbone": ("pretrained", "decoder_init")}  # the classifier has no decoder
 
 
 def classifier_schedule(cfg: DictConfig) -> dict:

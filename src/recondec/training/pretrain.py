@@ -7,7 +7,10 @@ loss weight 1 in the sum form, with a learning rate of its own (the supplement's
 is built from the same blocks, so it starts from them.
 
 Where no LR is given for a block, the supplement's rule picks it: try each candidate LR for a short run from the
-same start on the same batches and keep the one whose reconstruction loss dropped most. The paper gives no LR for
+same start on the same batches and keep the one whose reconstruction loss dropped most. A candidate whose run killed
+the block (its output no longer depends on its input: every ReLU dead, only the biases left) is refused, however
+much its loss dropped: a constant output can beat the near-zero output of the init, and a dead decoder passes no
+gradient to anything below or above it. The paper gives no LR for
 the stacked-decoder stage either; ``schedule.decoder.probe_lr=true`` applies the same rule to the whole decoder
 with the variant's own loss.
 """
@@ -44,9 +47,17 @@ class BlockBatch:
     out_size: tuple[int, int]
     target: torch.Tensor
 
+    def output(self, block: torch.nn.Module) -> torch.Tensor:
+        return block(self.h, self.switches, self.pre_pool_size, self.out_size)
+
     def loss(self, block: torch.nn.Module) -> torch.Tensor:
-        return euclidean(block(self.h, self.switches, self.pre_pool_size, self.out_size), self.target,
-                         LossForm.reference)
+        return euclidean(self.output(block), self.target, LossForm.reference)
+
+
+def input_dependence(outputs: list[torch.Tensor]) -> float:
+    """How much a module's outputs vary over the batch: the mean over elements of the std over samples.
+    Exactly 0 when the module maps every input to the same output (a dead decoder)."""
+    return sum(o.float().std(0).mean().item() for o in outputs) / len(outputs)
 
 
 @torch.no_grad()
@@ -66,20 +77,28 @@ def block_batches(model: AugmentedNet, loss_fn: AugmentedLoss, images: Iterable[
 
 
 def probe_lr(module: torch.nn.Module, losses: list[Callable[[], torch.Tensor]], candidates: list[float], steps: int,
-             schedule: ScheduleConf) -> tuple[float, dict[float, float]]:
+             schedule: ScheduleConf, spread: Callable[[], float] | None = None,
+             collapse_ratio: float = 1e-3) -> tuple[float, dict[float, float]]:
     """The LR among `candidates` whose `steps` optimiser steps on `module` (cycling over the per-batch `losses`)
     lowered their mean the most, relative to where it started; the module is left as it was. Returns the LR and
-    the relative drop of each candidate tried (-inf where the loss diverged).
+    the relative drop of each candidate tried (-inf where the loss diverged or the module collapsed).
+
+    `spread` measures how much the module's output depends on its input (``input_dependence``): a candidate after
+    which it fell below `collapse_ratio` times its starting value has collapsed to a constant output and is refused.
 
     Candidates are tried from the largest down; the drop rises as the LR falls out of divergence and then
-    shrinks again, so the scan stops at the first LR that does worse than an earlier one that lowered the loss."""
+    shrinks again, so the scan stops at the first LR that lowered the loss less than an earlier one did."""
     start = {k: v.clone() for k, v in module.state_dict().items()}
 
     def mean_loss() -> float:
         with torch.no_grad():
             return sum(loss().item() for loss in losses) / len(losses)
 
-    before, drops = mean_loss(), {}
+    def collapsed(spread_before: float) -> bool:
+        with torch.no_grad():
+            return spread is not None and not spread() >= collapse_ratio * spread_before
+
+    before, spread_before, drops = mean_loss(), spread() if spread else 0.0, {}
     for lr in sorted(candidates, reverse=True):
         module.load_state_dict(start)
         optimizer = build_optimizer(param_groups(module.named_parameters(), schedule, lr), schedule)
@@ -91,9 +110,10 @@ def probe_lr(module: torch.nn.Module, losses: list[Callable[[], torch.Tensor]], 
             loss.backward()
             optimizer.step()
         after = mean_loss()
-        drops[lr] = (before - after) / before if math.isfinite(after) and before > 0 else -math.inf
+        ok = math.isfinite(after) and before > 0 and not collapsed(spread_before)
+        drops[lr] = (before - after) / before if ok else -math.inf
         best = max(drops, key=drops.get)
-        if drops[best] > 0 and drops[lr] < drops[best]:
+        if 0 < drops[lr] < drops[best]:
             break  # past the peak
     module.load_state_dict(start)
     if drops[best] <= 0:
@@ -114,7 +134,11 @@ def block_lrs(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, s
         for i in todo:
             block = model.decoder.blocks[i]
             losses = [partial(b.loss, block) for b in per_block[i]]
-            lrs[names[i]], drops = probe_lr(block, losses, conf.lr_candidates, conf.probe_steps, schedule)
+
+            def spread(batches=per_block[i], block=block) -> float:
+                return input_dependence([b.output(block) for b in batches])
+
+            lrs[names[i]], drops = probe_lr(block, losses, conf.lr_candidates, conf.probe_steps, schedule, spread)
             log.info("pretrain LR probe, block from %s: %s -> lr %g", names[i],
                      ", ".join(f"{lr:g}: {d:+.3f}" for lr, d in drops.items()), lrs[names[i]])
     return {name: lrs[name] for name in names}
@@ -130,7 +154,10 @@ def decoder_lr(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, 
     def recon_loss(x: torch.Tensor, enc) -> torch.Tensor:
         return loss_fn.weighted_recon(loss_fn.recon_terms(model.decode(enc, x), x))
 
+    def spread() -> float:  # of every reconstruction the decoder makes
+        return input_dependence([r for x, enc in cached for r in model.decode(enc, x).recons.values()])
+
     lr, drops = probe_lr(model.decoder, [partial(recon_loss, x, enc) for x, enc in cached], conf.lr_candidates,
-                         conf.probe_steps, schedule)
+                         conf.probe_steps, schedule, spread)
     log.info("decoder-stage LR probe: %s -> lr %g", ", ".join(f"{k:g}: {d:+.3f}" for k, d in drops.items()), lr)
     return lr
