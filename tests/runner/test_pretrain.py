@@ -71,3 +71,47 @@ def test_probe_picks_the_lr_with_the_largest_loss_drop_stops_past_the_peak_and_r
     assert best == 0.1 and drops[0.1] > drops[0.01] > 0  # a least-squares fit: the largest stable step wins
     assert 1e-6 not in drops and 1e-9 not in drops  # 0.01 already did worse than 0.1: the scan stopped there
     assert all(torch.equal(v, start[k]) for k, v in block.state_dict().items())
+
+
+def test_probe_refuses_a_learning_rate_that_kills_the_module():
+    """A ReLU block whose bias starts far too high: a large LR drives it below zero in one step, the output is
+    then the constant 0 and the loss (small targets) drops more than any LR that learns. Without the spread check
+    the probe takes it; with it, every such candidate is refused."""
+    from recondec.config import ScheduleConf
+    from recondec.training.pretrain import input_dependence
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    torch.nn.init.normal_(block[0].weight, 0, 0.1)
+    torch.nn.init.constant_(block[0].bias, 3.0)
+    mixing = torch.randn(4, 4)
+    data = [(x, 0.1 * (x @ mixing).relu()) for x in (torch.randn(32, 4) for _ in range(2))]
+    losses = [lambda x=x, t=t: euclidean(block(x), t, LossForm.reference) for x, t in data]
+
+    def spread():
+        return input_dependence([block(x) for x, _ in data])
+
+    blind, _ = probe_lr(block, losses, [10.0, 1.0, 0.1, 0.01], 10, ScheduleConf())
+    seeing, drops = probe_lr(block, losses, [10.0, 1.0, 0.1, 0.01], 10, ScheduleConf(), spread)
+    assert blind == 10.0  # the dead block "won"
+    assert seeing == 0.01 and drops[10.0] == drops[1.0] == drops[0.1] == -float("inf") and drops[0.01] > 0
+
+
+def test_he_init_lets_the_stacked_decoder_pass_gradient_to_every_conv_from_the_start(compose_cfg):
+    """decoder_init=he: the stacked decoder's image depends on the input and every decoder conv gets a gradient
+    before any warm start; from the reference init both are below 1e-15 (a random tiny encoder here: its pool5 is
+    small, hence the modest absolute bounds)."""
+    def stacked(init: str):
+        trainer = build_trainer(validate(compose_cfg(*TINY, *SGD, "variant=swwae_first",
+                                                     f"backbone.decoder_init={init}")), None)
+        x = next(iter(trainer.loaders.val))[0]
+        grads = stacked_image_grads(trainer.model, x, trainer.loss_fn)
+        spread = trainer.model(x).recons["image"].std(0).mean().item() / x.std(0).mean().item()
+        return trainer.model, min(g.abs().max().item() for g in grads.values()), spread
+
+    _, ref_grad, ref_spread = stacked("reference")
+    model, he_grad, he_spread = stacked("he")
+    assert ref_grad < 1e-15 and ref_spread < 1e-15, (ref_grad, ref_spread)
+    assert he_grad > 1e-6 and he_spread > 1e-5, (he_grad, he_spread)
+    conv = model.decoder.blocks[-1].convs[0]
+    assert abs(conv.weight.std().item() / (2 / conv.weight[0].numel()) ** 0.5 - 1) < 0.2  # He-normal, fan-in
