@@ -252,13 +252,14 @@ class ScheduleConf(Checked):
 @dataclass
 class FFCVConf(Checked):
     """ffcv reading and .beton writing options (used when data.loader=ffcv and by src/prepare.py)."""
-    beton_dir: Optional[str] = None     # where .beton files live; default <repo>/data/beton/<data.name>
+    # where .beton files live; default <repo>/data/beton/<data.name> (set it when you have several folder sets)
+    beton_dir: Optional[str] = None
     os_cache: bool = False              # True: the whole file in the page cache (small sets, or RAM to spare)
-    order: Order = Order.quasi_random
+    order: Order = Order.quasi_random   # random | quasi_random | sequential
     distributed: bool = False
     batch_timeout_s: float = 120.0      # no batch within this time -> a clear error, never a hang
     max_resolution: int = 256
-    write_mode: WriteMode = WriteMode.smart
+    write_mode: WriteMode = WriteMode.smart  # raw | jpg | proportion | smart (raw up to ~96x96 px, JPEG above)
     jpeg_quality: int = 90
     compress_probability: float = 0.5
     num_workers: int = 16               # writer processes
@@ -327,7 +328,7 @@ class TrainerConf(Checked):
     precision: str = "fp32"             # fp32 | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
-    deterministic: bool = False
+    deterministic: bool = False         # True: bit-reproducible CPU runs (slower)
     seed: int = 0
     log_every_n_steps: int = 20
     val_every_n_epochs: int = 1
@@ -336,9 +337,12 @@ class TrainerConf(Checked):
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     progress: bool = True
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
-    nonfinite: str = "stop"             # a NaN/inf loss: stop (error, last good checkpoint kept) | skip the batch
+    # a NaN/inf loss: stop (an error naming the term and step, the last good checkpoint kept) | skip (and count)
+    nonfinite: str = "stop"
     devices: int = 1                    # >1: spawn that many DDP processes inside the job (gloo on CPU, NCCL on GPU)
-    ten_crop: bool = False              # also evaluate the final model on 10 crops (the paper's second protocol)
+    # also evaluate the final model on 10 crops (corners, centre, mirrored) of the 256/224 view: the paper's second
+    # protocol
+    ten_crop: bool = False
 
     def check(self) -> None:
         _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)

@@ -32,6 +32,34 @@ def test_every_option_of_every_group_composes_and_validates(compose_cfg, tmp_pat
     validate(cfg)
 
 
+def leaves(node: dict, prefix: str):
+    for key, value in node.items():
+        if key != "defaults":
+            yield from leaves(value, f"{prefix}.{key}") if isinstance(value, dict) else [(f"{prefix}.{key}", value)]
+
+
+@pytest.mark.parametrize("group", [g for g in GROUPS if g != "experiment"])  # presets override other options
+def test_no_option_file_repeats_a_schema_default(group):
+    """The schema (src/recondec/config.py) is the one place for a default: an option file holds what differs."""
+    import yaml
+
+    from recondec.config import Config
+
+    schema = OmegaConf.structured(Config)
+    repeated = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        for key, value in leaves(yaml.safe_load(path.read_text()) or {}, group):
+            parent, leaf = key.rsplit(".", 1)
+            node = OmegaConf.select(schema, parent)
+            if not OmegaConf.is_config(node) or leaf not in node or OmegaConf.is_missing(node, leaf):
+                continue  # a dict entry (loss weights) or a value the schema leaves to the options
+            default = node[leaf]
+            default = OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
+            if getattr(default, "value", default) == value:
+                repeated.append(f"{path.name}: {key}={value!r}")
+    assert not repeated, repeated
+
+
 def test_hydra_group_composes_with_distinct_job_folders(compose_cfg):
     cfg = compose_cfg(return_hydra_config=True)
     # microseconds in the folder name, and the job number in each job's sub-folder
