@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode  # noqa: E402
+from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode, variant_names  # noqa: E402
 
 
 # ---------------------------------------------------------------- synthetic photo-like JPEGs
@@ -155,7 +155,7 @@ def report(args, root: Path, beton: Path, n: int, rates: dict[str, list[float]])
 
 # ---------------------------------------------------------------- training step and profile
 
-VARIANTS = "baseline,sae_first,sae_all,sae_layerwise,swwae_first,swwae_all,swwae_layerwise"
+VARIANTS = ",".join(variant_names())
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

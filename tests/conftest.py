@@ -7,11 +7,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from recondec.config import CONF_DIR, register_schema
+from recondec.config import CONF_DIR, register_schema, variant_names
 
 register_schema()
 
-VARIANTS = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
+VARIANTS = variant_names()
 
 
 def make_composer(tmp_path):

@@ -416,6 +416,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
 
+def variant_names() -> list[str]:
+    """The variants of conf/variant/ in the paper's order (baseline; SAE then SWWAE, each first / all / layerwise);
+    aliases (an option that is only a defaults list, e.g. `swwae`) are left out. The one list that grids, the
+    benchmark, the report and the tests use."""
+    def order(path: Path) -> tuple:
+        v = OmegaConf.merge(OmegaConf.structured(VariantConf), OmegaConf.load(path))
+        return (v.topology is not Topology.none, v.unpool is Unpool.switch, v.topology is Topology.layerwise,
+                v.losses is LossLevels.all)
+
+    options = [p for p in (CONF_DIR / "variant").glob("*.yaml") if "defaults" not in OmegaConf.load(p)]
+    return [p.stem for p in sorted(options, key=order)]
+
+
 def register_schema() -> None:
     """Register the schema (conf/config.yaml names it in its defaults list) and the ${repo_root:} resolver."""
     from hydra.core.config_store import ConfigStore

@@ -21,9 +21,10 @@ from typing import Optional
 
 import mlflow
 
+from recondec.config import variant_names
 from recondec.tracking.mlflow_logger import set_experiment
 
-VARIANT_ORDER = ["baseline", "sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
+VARIANT_ORDER = variant_names()
 SUMMARY_TAG = "summary"
 CONFIDENCE = 0.95
 # single centre crop, then 10 crops (trainer.ten_crop) where the runs have them
