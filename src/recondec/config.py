@@ -84,6 +84,17 @@ class ChannelOrder(str, enum.Enum):
     bgr = "bgr"  # Caffe-converted weights (input=caffe)
 
 
+class Precision(enum.StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast; what GPUs from Ampere on (and recent CPUs) run fastest
+    fp16 = "fp16"  # autocast with a gradient scaler
+
+
+class NonFinite(enum.StrEnum):
+    stop = "stop"  # an error naming the term and step; the last good checkpoint is kept
+    skip = "skip"  # the batch's update is skipped and counted
+
+
 class DecoderInit(str, enum.Enum):
     reference = "reference"  # the reference prototxts: N(0, 0.001^2) (fc decoders 0.01), biases 0
     he = "he"                # He (Kaiming) normal for the ReLUs that follow, biases 0: torchvision's convention
@@ -325,7 +336,7 @@ class DataConf(Checked):
 @dataclass
 class TrainerConf(Checked):
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"             # fp32 | bf16 | fp16
+    precision: Precision = Precision.fp32
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False         # True: bit-reproducible CPU runs (slower)
@@ -337,20 +348,17 @@ class TrainerConf(Checked):
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     progress: bool = True
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
-    # a NaN/inf loss: stop (an error naming the term and step, the last good checkpoint kept) | skip (and count)
-    nonfinite: str = "stop"
+    nonfinite: NonFinite = NonFinite.stop  # what a NaN/inf loss does
     devices: int = 1                    # >1: spawn that many DDP processes inside the job (gloo on CPU, NCCL on GPU)
     # also evaluate the final model on 10 crops (corners, centre, mirrored) of the 256/224 view: the paper's second
     # protocol
     ten_crop: bool = False
 
     def check(self) -> None:
-        _require(self.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16", self.precision)
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "trainer.device",
                  "auto, cpu, cuda or cuda:N", self.device)
         _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps > 0,
                  "trainer.checkpoint_every_n_steps", "an integer > 0 or null", self.checkpoint_every_n_steps)
-        _require(self.nonfinite in ("stop", "skip"), "trainer.nonfinite", "stop or skip", self.nonfinite)
         _require(self.devices >= 1, "trainer.devices", "an integer >= 1", self.devices)
         _require(self.figures_every_n_epochs >= 1, "trainer.figures_every_n_epochs", "an integer >= 1",
                  self.figures_every_n_epochs)

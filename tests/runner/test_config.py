@@ -74,11 +74,14 @@ def test_unknown_variant_lists_the_allowed_ones(compose_cfg):
     assert "variant" in str(err.value) and "sae_layerwise" in str(err.value)
 
 
-def test_unknown_unpooling_names_key_and_allowed_values(compose_cfg):
+@pytest.mark.parametrize("override,allowed", [("variant.unpool=bilinear", ["fixed", "switch"]),
+                                              ("trainer.precision=fp8", ["fp32", "bf16", "fp16"]),
+                                              ("trainer.nonfinite=ignore", ["stop", "skip"])])
+def test_unknown_enum_value_names_key_and_allowed_values(compose_cfg, override, allowed):
     with pytest.raises(ConfigCompositionException) as err:
-        compose_cfg("variant.unpool=bilinear")
+        compose_cfg(override)
     cause = str(err.value.__cause__)
-    assert "variant.unpool" in cause and "fixed" in cause and "switch" in cause
+    assert override.split("=")[0] in cause and all(a in cause for a in allowed), cause
 
 
 @pytest.mark.parametrize("override,key", [
@@ -88,7 +91,6 @@ def test_unknown_unpooling_names_key_and_allowed_values(compose_cfg):
     ("backbone.name=resnet50", "backbone.name"),
     ("schedule.batch_size=0", "schedule.batch_size"),
     ("schedule.joint.lr=0", "schedule.<stage>.lr"),
-    ("trainer.precision=fp8", "trainer.precision"),
     ("backbone.pretrained=/no/such/weights.pth", "backbone.pretrained"),
 ])
 def test_bad_values_fail_before_any_work_naming_the_key(compose_cfg, override, key):
