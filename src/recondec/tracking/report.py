@@ -180,22 +180,23 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
     return table
 
 
-def comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
-    """Every row against the baseline (Holm-adjusted together)."""
-    base = table.get("baseline", {}).get(metric)
-    if base is None:
-        return {}
-    found = {v: compare(table[v][metric], base) for v in ordered(table) if v != "baseline" and metric in table[v]}
+def compare_rows(table, pairs: dict[str, str], metric: str = "val/top1") -> dict[str, Comparison]:
+    """Each row against its reference row (`pairs`: row -> reference), where both have `metric`; the p-values are
+    Holm-adjusted together."""
+    found = {row: compare(table[row][metric], table[ref][metric]) for row, ref in pairs.items()
+             if metric in table.get(row, {}) and metric in table.get(ref, {})}
     holm(found)
     return found
+
+
+def comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
+    """Every row against the baseline."""
+    return compare_rows(table, {row: "baseline" for row in ordered(table) if row != "baseline"}, metric)
 
 
 def unlabelled_comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
     """Each "<variant>+unlabelled" row against the same variant without the unlabelled images."""
-    found = {a: compare(table[a][metric], table[a.split("+")[0]][metric]) for a in ordered(table)
-             if "+" in a and metric in table[a] and metric in table.get(a.split("+")[0], {})}
-    holm(found)
-    return found
+    return compare_rows(table, {row: row.split("+")[0] for row in ordered(table) if "+" in row}, metric)
 
 
 # ---------------------------------------------------------------------------------------------- output
