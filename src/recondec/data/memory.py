@@ -28,7 +28,7 @@ class MemoryLoader:
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
             x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
                               antialias=True).round().clamp(0, 255).to(torch.uint8)
-        self.images = to_normalized(x, mean, std)
+        self.pixels, self.mean, self.std = x, mean, std  # uint8: a quarter of float32's memory, normalised per batch
         self.labels = torch.from_numpy(split.labels)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
@@ -57,8 +57,13 @@ class MemoryLoader:
         idx = self._indices()
         for b in range(self.skip_batches, len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.images[sel], self.labels[sel]
+            yield to_normalized(self.pixels[sel], self.mean, self.std), self.labels[sel]
         self.skip_batches = 0
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image, normalised (what the batches hold)."""
+        return to_normalized(self.pixels, self.mean, self.std)
 
     @property
     def num_samples(self) -> int:
