@@ -14,14 +14,16 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from recondec.config import register_schema  # noqa: E402
-from recondec.run import JobInfo, run_job  # noqa: E402
-from recondec.tracking.sweep import parent_run_id  # noqa: E402
 
 register_schema()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    # imported here, not above: `--help`, `--cfg job` and `--info` need no torch, mlflow or matplotlib
+    from recondec.run import JobInfo, run_job
+    from recondec.tracking.sweep import parent_run_id
+
     hc = HydraConfig.get()
     sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
     info = JobInfo(overrides=list(hc.overrides.task), sweep_dir=sweep_dir, parent_run_id=parent_run_id(sweep_dir),
