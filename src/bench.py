@@ -2,6 +2,7 @@
 
     python src/bench.py train                        # a training step per variant, default config (CPU size)
     python src/bench.py train backbone=vgg16 trainer=gpu schedule.batch_size=64   # any Hydra overrides
+    python src/bench.py train --real-loop --compile    # beside the bare step: the job's loop, torch.compile
     python src/bench.py profile backbone=vgg16       # parameters and forward FLOPs per variant
     python src/bench.py terms backbone=vgg16 backbone.image_size=224 input=caffe   # does each loss term act?
     python src/bench.py loader                       # ffcv vs torchvision DataLoader on 2,000 synthetic JPEGs
@@ -13,6 +14,9 @@ batch that already sits on the device, for the baseline and each variant, one af
 the baseline runs first and again last, and the ratios use the mean of the two (their difference is printed
 as the noise of the measurement). Prints img/s, forward GFLOPs per image, the step-time ratio over the
 baseline next to the FLOPs ratio, and on GPU the achieved TFLOP/s and MFU against the bf16 peak.
+`--real-loop` adds the job's own loop for the same variant and batch (its loader, metrics, MLflow logging, as
+`python src/main.py` builds it) and its share of the bare step's img/s; `--compile` adds the step under
+torch.compile and its speed-up over eager.
 
 `loader`: both loaders produce the same batches (RandomResizedCrop to --size px, horizontal flip, normalised
 float32, int64 labels) from the same images with the same batch size and number of workers (ffcv threads,
@@ -167,6 +171,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, compilation)")
+    p.add_argument("--real-loop", action="store_true",
+                   help="also time the job's own loop (its data loader, metrics, MLflow logging) beside the bare step")
+    p.add_argument("--compile", action="store_true", help="also time the step under torch.compile beside eager")
 
 
 def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
@@ -193,9 +200,12 @@ def run_train(args: argparse.Namespace) -> None:
               f"{first.schedule.batch_size}, {first.trainer.precision}, {resolve_device(first.trainer.device)}; "
               f"{args.steps} timed steps after {args.warmup} warm-up")
         rows = []
+        uri = f"sqlite:///{tmp}/bench.db" if args.real_loop else None
         for name, cfg in [*cfgs.items(), ("baseline", cfgs["baseline"])]:  # the baseline again at the end
-            rows.append(bench_variant(cfg, args.steps, args.warmup))
-            print(f"  {name:<16} {rows[-1].img_per_s:10.1f} img/s", flush=True)
+            rows.append(bench_variant(cfg, args.steps, args.warmup, real_loop_uri=uri, compiled=args.compile))
+            extra = "".join(f", {label} {value:.1f}" for label, value in (
+                ("job loop", rows[-1].loop_img_per_s), ("compiled", rows[-1].compiled_img_per_s)) if value)
+            print(f"  {name:<16} {rows[-1].img_per_s:10.1f} img/s{extra}", flush=True)
     base_first, base_last = rows[0], rows.pop()
     print(f"baseline first / last: {base_first.img_per_s:.1f} / {base_last.img_per_s:.1f} img/s "
           f"({abs(base_first.img_per_s / base_last.img_per_s - 1) * 100:.1f}% apart: the noise of the ratios)\n")

@@ -83,3 +83,21 @@ def test_switch_unpool_gradient_flows_to_values_only_and_is_deterministic():
     # d out / d v gathers the upstream gradient at each switch position
     assert torch.equal(v.grad, g.flatten(2).gather(2, idx.flatten(2)).view_as(v))
     assert not idx.dtype.is_floating_point
+
+
+@pytest.mark.parametrize("pool,size", [(P2, 8), (P2, 7), (P3, 13)])
+def test_channels_last_maps_unpool_to_the_same_values_and_stay_channels_last(pool, size):
+    torch.manual_seed(0)
+    x = torch.rand(2, 5, size, size)
+    pooled, idx = F.max_pool2d(x, pool.kernel_size, pool.stride, return_indices=True)
+    out_size = (size, size)
+    cl = torch.channels_last
+    pooled_cl = pooled.contiguous(memory_format=cl).requires_grad_(True)
+    pooled_ref = pooled.clone().requires_grad_(True)
+    for unpool in (lambda v, i: switch_unpool(v, i, pool, out_size), lambda v, i: fixed_unpool(v, pool, out_size)):
+        out_cl, out_ref = unpool(pooled_cl, idx.contiguous(memory_format=cl)), unpool(pooled_ref, idx)
+        assert out_cl.is_contiguous(memory_format=cl) and not out_cl.is_contiguous()
+        assert torch.equal(out_cl, out_ref)
+        g = torch.randn_like(out_ref)
+        (grad_cl,), (grad_ref,) = torch.autograd.grad(out_cl, pooled_cl, g), torch.autograd.grad(out_ref, pooled_ref, g)
+        assert torch.equal(grad_cl, grad_ref)

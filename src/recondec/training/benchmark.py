@@ -3,7 +3,8 @@ already sit on the device, for the baseline and every variant, side by side in o
 
 Reported per variant: img/s, forward GFLOPs per image, the step-time ratio over the baseline next to the
 FLOPs ratio, and on GPU the achieved TFLOP/s (3 x forward FLOPs per trained image) and the MFU against the
-device's dense bf16 peak.
+device's dense bf16 peak. Optionally beside it: the same epoch through the job's own loaders and MLflow logging
+(`real_loop`), and the step under torch.compile (`compiled`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from recondec.config import validate
+from recondec.config import Config, validate
 from recondec.data import Loaders
 from recondec.models import build_loss, build_model
 from recondec.models.profile import forward_flops
@@ -47,6 +48,8 @@ class BenchRow:
     gflops_fwd: float
     tflops: float
     mfu: Optional[float]
+    loop_img_per_s: Optional[float] = None      # the job's loop: real loader, metrics, MLflow logging
+    compiled_img_per_s: Optional[float] = None  # the bare step under torch.compile
 
 
 def device_peak_tflops(device: torch.device) -> Optional[float]:
@@ -56,8 +59,19 @@ def device_peak_tflops(device: torch.device) -> Optional[float]:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
-def bench_variant(cfg: DictConfig, steps: int, warmup: int) -> BenchRow:
-    conf = validate(cfg)
+def timed_epoch(trainer: Trainer, steps: int, warmup: int) -> float:
+    """img/s of one joint-stage epoch of `steps` steps, after an untimed one of `warmup` steps (cuDNN autotuning,
+    the allocator, compilation, loader start-up)."""
+    trainer.enter_stage(trainer.stages[-1])  # the joint stage: every parameter trains
+    trainer.steps_per_epoch = warmup
+    trainer.train_epoch()
+    trainer.steps_per_epoch = steps
+    return trainer.train_epoch()["img_per_s"]
+
+
+def step_img_per_s(conf: Config, steps: int, warmup: int) -> tuple[float, int]:
+    """The bare step: the training loop on one synthetic batch that already sits on the device.
+    Returns img/s and the model's forward FLOPs per image."""
     device = resolve_device(conf.trainer.device)
     torch.backends.cudnn.benchmark = True
     model = build_model(conf.backbone, conf.variant, conf.data.num_classes).to(device)
@@ -68,34 +82,73 @@ def bench_variant(cfg: DictConfig, steps: int, warmup: int) -> BenchRow:
     b, s = conf.schedule.batch_size, conf.backbone.image_size
     x = torch.randn(b, 3, s, s, device=device)
     y = torch.randint(0, conf.data.num_classes, (b,), device=device)
+    steps_total = max(steps, warmup)
+    trainer = Trainer(conf, model, loss_fn, Loaders(SyntheticLoader(x, y, steps_total), None, b * steps_total, 0),
+                      device)
+    return timed_epoch(trainer, steps, warmup), flops
+
+
+def loop_img_per_s(conf: Config, steps: int, warmup: int, tracking_uri: str) -> float:
+    """The job's loop as `python src/main.py` builds it (run.build_trainer): its loaders, metrics, progress
+    bookkeeping and MLflow logging every trainer.log_every_n_steps, into a throw-away database."""
+    from recondec.run import build_trainer
+    from recondec.tracking.mlflow_logger import MlflowTracker
+
+    tracker = MlflowTracker(tracking_uri, "bench", f"loop {conf.variant.name}", {}, conf.data.mean)
+    try:
+        trainer = build_trainer(conf, tracker)
+        steps = min(steps, len(trainer.loaders.train))
+        return timed_epoch(trainer, steps, min(warmup, steps))
+    finally:
+        tracker.finish()
+
+
+def bench_variant(cfg: DictConfig, steps: int, warmup: int, *, real_loop_uri: Optional[str] = None,
+                  compiled: bool = False) -> BenchRow:
+    conf = validate(cfg)
     conf.trainer.progress = False
-    trainer = Trainer(conf, model, loss_fn, Loaders(SyntheticLoader(x, y, warmup), None, b * warmup, 0), device)
-    trainer.enter_stage(trainer.stages[-1])  # the joint stage: every parameter trains
-    trainer.train_epoch()                    # warm-up: cuDNN autotuning, allocator, compilation
-    trainer.loaders.train.steps = steps
-    trainer.steps_per_epoch = steps
-    img_per_s = trainer.train_epoch()["img_per_s"]
+    img_per_s, flops = step_img_per_s(conf, steps, warmup)
     tflops = 3 * flops * img_per_s / 1e12
-    peak = device_peak_tflops(device)
-    return BenchRow(conf.variant.name, img_per_s, flops / 1e9, tflops, tflops / peak if peak else None)
+    peak = device_peak_tflops(resolve_device(conf.trainer.device))
+    row = BenchRow(conf.variant.name, img_per_s, flops / 1e9, tflops, tflops / peak if peak else None)
+    if real_loop_uri:
+        row.loop_img_per_s = loop_img_per_s(conf, steps, warmup, real_loop_uri)
+    if compiled:
+        conf.trainer.compile = True
+        row.compiled_img_per_s = step_img_per_s(conf, steps, warmup)[0]
+    return row
 
 
 def mean_of_runs(a: BenchRow, b: BenchRow) -> BenchRow:
     """Two measurements of the same variant as one: throughput as the harmonic mean (mean step time)."""
     img_per_s = 2 / (1 / a.img_per_s + 1 / b.img_per_s)
     scale = img_per_s / a.img_per_s
-    return BenchRow(a.variant, img_per_s, a.gflops_fwd, a.tflops * scale, a.mfu * scale if a.mfu else None)
+    return BenchRow(a.variant, img_per_s, a.gflops_fwd, a.tflops * scale, a.mfu * scale if a.mfu else None,
+                    _harmonic(a.loop_img_per_s, b.loop_img_per_s), _harmonic(a.compiled_img_per_s, b.compiled_img_per_s))
+
+
+def _harmonic(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return 2 / (1 / a + 1 / b) if a and b else None
 
 
 def format_table(rows: list[BenchRow]) -> str:
     base = rows[0]
-    lines = ["| variant | img/s | fwd GFLOPs/img | FLOPs ratio | step-time ratio | within FLOPs ratio +10% | TFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
+    loop, compiled = base.loop_img_per_s is not None, base.compiled_img_per_s is not None
+    head = ["variant", "img/s", "fwd GFLOPs/img", "FLOPs ratio", "step-time ratio", "within FLOPs ratio +10%",
+            "TFLOP/s", "MFU"]
+    head += ["job loop img/s", "loop / step"] if loop else []
+    head += ["compiled img/s", "compiled / eager"] if compiled else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         flops_ratio = r.gflops_fwd / base.gflops_fwd
         time_ratio = base.img_per_s / r.img_per_s
         ok = "yes" if time_ratio <= flops_ratio * 1.10 else "NO"
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
-        lines.append(f"| {r.variant} | {r.img_per_s:.1f} | {r.gflops_fwd:.3f} | {flops_ratio:.2f} | {time_ratio:.2f} | "
-                     f"{ok} | {r.tflops:.3f} | {mfu} |")
+        cells = [r.variant, f"{r.img_per_s:.1f}", f"{r.gflops_fwd:.3f}", f"{flops_ratio:.2f}", f"{time_ratio:.2f}",
+                 ok, f"{r.tflops:.3f}", mfu]
+        if loop:
+            cells += [f"{r.loop_img_per_s:.1f}", f"{100 * r.loop_img_per_s / r.img_per_s:.0f}%"]
+        if compiled:
+            cells += [f"{r.compiled_img_per_s:.1f}", f"{r.compiled_img_per_s / r.img_per_s:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
