@@ -169,8 +169,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, compilation)")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compilation)")
     p.add_argument("--real-loop", action="store_true",
                    help="also time the job's own loop (its data loader, metrics, MLflow logging) beside the bare step")
     p.add_argument("--compile", action="store_true", help="also time the step under torch.compile beside eager")
