@@ -344,7 +344,7 @@ class TrainerConf(Checked):
     log_every_n_steps: int = 20
     val_every_n_epochs: int = 1
     recon_images: int = 8               # images in each reconstruction grid
-    figures_every_n_epochs: int = 5     # reconstruction grids during training (and always after the last epoch)
+    figures_every_n_epochs: int = 5     # reconstruction grids and val SSIM (costly) during training; always at the end
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
     progress: bool = True
     checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)

@@ -28,3 +28,17 @@ def test_a_nan_validation_loss_shows_as_nan():
     for loss in (torch.tensor(1.0), torch.tensor(float("nan"))):
         metrics.update(logits, labels, {"ce": loss}, {}, {})
     assert torch.isnan(torch.tensor(metrics.compute()["loss/ce"]))
+
+
+def test_ssim_is_left_out_when_not_asked_for_and_the_rest_is_unchanged():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    recons = {"image": torch.rand(8, 3, 16, 16)}
+    targets = {"image": torch.rand(8, 3, 16, 16)}
+    out = {}
+    for ssim in (True, False):
+        metrics = EvalMetrics(4, torch.device("cpu"), ssim=ssim)
+        metrics.update(logits, labels, {"total": torch.tensor(1.0)}, recons, targets)
+        out[ssim] = metrics.compute()
+    assert "ssim/image" in out[True] and "ssim/image" not in out[False]
+    assert out[False] == {k: v for k, v in out[True].items() if k != "ssim/image"}

@@ -50,7 +50,7 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
         ["image", "pool1", "pool2", "pool3", "pool4"]
     for lv in levels:
         assert {f"train/loss/recon/{lv}", f"val/psnr/{lv}", f"val/mse/{lv}"} <= metrics, lv
-    assert ("val/ssim/image" in metrics) == bool(levels)
+    assert ("val/ssim/image" in metrics) == bool(levels)  # the last epoch is a figure epoch
     arts = artifact_paths(tmp_path / "mlflow.db", run.info.run_id)
     assert {"config/config_resolved.yaml", "config/overrides.txt"} <= arts
     assert not any(a.startswith("checkpoints/") for a in arts)  # the model is logged as an MLflow model instead
@@ -61,6 +61,9 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
         assert stepped == {f"images/reconstructions~{lv}" for lv in ("image", "pool1", "pool2", "pool3", "pool4")}
     history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/top1")
     assert [m.step for m in history] == ([1, 2] if variant != "baseline" else [1])  # one point per epoch
+    if levels:  # SSIM on figure epochs only (every trainer.figures_every_n_epochs = 5, and the last)
+        ssim = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/ssim/image")
+        assert [m.step for m in ssim] == [2]
 
 
 def test_mlflow_tracking_uri_from_the_environment_is_where_runs_go(tmp_path, monkeypatch):

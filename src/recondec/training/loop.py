@@ -183,7 +183,7 @@ class Trainer:
             self.epoch += 1
             last = {f"train/{k}": v for k, v in train_metrics.items()}
             if self.epoch % self.cfg.trainer.val_every_n_epochs == 0 or self.epoch == self.total_epochs:
-                val, visual = self.evaluate()
+                val, visual = self.evaluate(ssim=self._is_figure_epoch())
                 last.update({f"val/{k}": v for k, v in val.items()})
                 is_best = val["top1"] > self.best_top1
                 self.best_top1 = max(self.best_top1, val["top1"])
@@ -204,12 +204,16 @@ class Trainer:
             self._exit_if_preempted()
         return last
 
+    def _is_figure_epoch(self) -> bool:
+        """Every trainer.figures_every_n_epochs and after the last epoch: reconstruction grids and SSIM."""
+        return self.epoch == self.total_epochs or self.epoch % self.cfg.trainer.figures_every_n_epochs == 0
+
     def _log_figures(self, visual: Optional[VisualBatch]) -> None:
-        """Reconstruction grids every trainer.figures_every_n_epochs and at the end; the error plot at the end."""
+        """Reconstruction grids on figure epochs; the error plot at the end."""
         if visual is None:
             return
         final = self.epoch == self.total_epochs
-        if final or self.epoch % self.cfg.trainer.figures_every_n_epochs == 0:
+        if self._is_figure_epoch():
             self.tracker.log_reconstructions(visual, self.epoch, final)
         if final:
             self.tracker.log_error_plot(self.history)
@@ -314,9 +318,9 @@ class Trainer:
             raise self.preemption.exception(self.step)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, float], Optional[VisualBatch]]:
+    def evaluate(self, ssim: bool = True) -> tuple[dict[str, float], Optional[VisualBatch]]:
         self.model.eval()
-        metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
+        metrics = EvalMetrics(self.cfg.data.num_classes, self.device, ssim)
         visual = None
         bar = tqdm(self.loaders.val, desc="validate", disable=self.quiet, leave=False)
         for x, y in bar:
