@@ -27,6 +27,7 @@ from recondec.config import Config, validate
 from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
 from recondec.studies.classifier import with_classifier
+from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
@@ -115,14 +116,6 @@ def _find_in_earlier_runs(cfg: Config, info: JobInfo):
     return None
 
 
-class NullTracker:
-    """What ranks other than 0 log to: nothing (one MLflow run per job, whatever the number of processes)."""
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def rank_device(cfg: Config, env: DistEnv) -> torch.device:
     device = resolve_device(cfg.trainer.device)
     if env.enabled and device.type == "cuda":
@@ -131,7 +124,7 @@ def rank_device(cfg: Config, env: DistEnv) -> torch.device:
     return device
 
 
-def build_trainer(cfg: Config, tracker, env: DistEnv = DistEnv()) -> Trainer:
+def build_trainer(cfg: Config, tracker: Optional[Tracker], env: DistEnv = DistEnv()) -> Trainer:
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     device = rank_device(cfg, env)
     distributed.init_process_group(env, device)
@@ -144,21 +137,22 @@ def build_trainer(cfg: Config, tracker, env: DistEnv = DistEnv()) -> Trainer:
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(model, cfg.loss, cfg.data.std).to(device)
-    return Trainer(cfg, model, loss_fn, loaders, device, tracker if env.is_main else None, env)
+    return Trainer(cfg, model, loss_fn, loaders, device, tracker, env)
 
 
 def run_job(dict_cfg: DictConfig, info: JobInfo, env: Optional[DistEnv] = None) -> JobResult:
+    """A Hydra job: validate, fetch (or train) the classifier it starts from, then run it on this process or,
+    with trainer.devices > 1 and no launcher's ranks, on that many spawned ranks. Rank 0's result is returned."""
     cfg = validate(dict_cfg)  # every bad value fails here, before any work
     if cfg.classifier.epochs and cfg.study == "train":  # start from the cached classifier (trained now if missing)
         dict_cfg = with_classifier(dict_cfg, info.overrides, train_classifier)
         cfg = validate(dict_cfg)
     env = env or distributed.env_from_launcher()  # torchrun / SLURM tasks are ranks already
     if cfg.trainer.devices > 1 and not env.enabled:
-        return spawn_job(dict_cfg, info, cfg.trainer.devices)
-    try:
-        return _run_rank(dict_cfg, cfg, info, env)
-    finally:
-        distributed.shutdown()
+        # resolved here: ${hydra:...} cannot be resolved in the spawned processes
+        resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+        return JobResult(**distributed.spawn(_spawned_rank, cfg.trainer.devices, resolved, info))
+    return run_rank(dict_cfg, cfg, info, env)
 
 
 def train_classifier(dict_cfg: DictConfig, overrides: list[str]) -> JobResult:
@@ -166,20 +160,19 @@ def train_classifier(dict_cfg: DictConfig, overrides: list[str]) -> JobResult:
     return run_job(dict_cfg, JobInfo(overrides=overrides), DistEnv())
 
 
-def spawn_job(dict_cfg: DictConfig, info: JobInfo, devices: int) -> JobResult:
-    """Start `devices` DDP processes from inside this (Hydra) job: the config is composed once, here.
-    It is resolved first, since ${hydra:...} cannot be resolved in the workers."""
-    resolved = OmegaConf.to_container(dict_cfg, resolve=True)
-    distributed.spawn(_rank_main, devices, resolved, info)
-    return JobResult(**torch.load(Path(dict_cfg.output_dir) / "result.pt", weights_only=False))
-
-
-def _rank_main(rank: int, world_size: int, resolved: dict, info: JobInfo) -> None:
+def _spawned_rank(rank: int, world_size: int, resolved: dict, info: JobInfo) -> Optional[dict]:
+    """One of trainer.devices processes (distributed.spawn hands rank 0's return value back to the job)."""
     dict_cfg = OmegaConf.merge(OmegaConf.structured(Config), resolved)
-    env = DistEnv(rank, rank, world_size)
-    result = run_job(dict_cfg, info, env)
-    if env.is_main:
-        torch.save(vars(result), Path(dict_cfg.output_dir) / "result.pt")
+    result = run_rank(dict_cfg, validate(dict_cfg), info, DistEnv(rank, rank, world_size))
+    return vars(result)
+
+
+def run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
+    """This process's part of the job (all of it without DDP); the process group is closed however it ends."""
+    try:
+        return _run_rank(dict_cfg, cfg, info, env)
+    finally:
+        distributed.shutdown()
 
 
 def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
@@ -189,7 +182,7 @@ def _run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) ->
     # training continues the checkpoint's MLflow run; an evaluation is a run of its own
     continued_run = state.get("mlflow_run_id") if state and cfg.study != "eval" else None
     # the store is reached before any training: a bad one fails early, and every later failure is recorded
-    tracker = build_tracker(cfg, info, continued_run) if env.is_main else NullTracker()
+    tracker = build_tracker(cfg, info, continued_run) if env.is_main else Tracker()  # other ranks log nothing
     try:
         if continued_run is None:
             tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True))
@@ -237,7 +230,7 @@ def evaluate_only(trainer: Trainer) -> dict[str, float]:
     if trainer.loaders.val_ten_crop is not None:
         metrics.update({f"val/{k}": v for k, v in trainer.evaluate_ten_crop().items()})
     if trainer.tracker:
-        trainer.tracker.log_metrics(metrics, step=trainer.epoch)
+        trainer.tracker.log_metrics(metrics, step=trainer.state.epoch)
     return metrics
 
 

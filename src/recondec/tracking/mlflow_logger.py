@@ -20,6 +20,7 @@ from typing import Any, Optional
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from recondec.tracking.base import Tracker
 from recondec.tracking.figures import error_per_level, reconstruction_grid
 from recondec.training.reliability import Preempted
 
@@ -96,7 +97,7 @@ def find_run_dirs(tracking_uri: str, experiment: str, tag: str, value: str) -> l
     return [Path(r.data.tags["output_dir"]) for r in runs if "output_dir" in r.data.tags]
 
 
-class MlflowTracker:
+class MlflowTracker(Tracker):
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str],
                  mean: list[float], resume_run_id: Optional[str] = None, system_metrics: bool = False):
         self.uri = tracking_uri

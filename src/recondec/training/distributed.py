@@ -71,11 +71,25 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def spawn(fn: Callable, nprocs: int, *args) -> None:
-    """Run fn(rank, nprocs, *args) in nprocs fresh processes on this machine; errors propagate."""
+def spawn(fn: Callable, nprocs: int, *args):
+    """Run fn(rank, nprocs, *args) in nprocs fresh processes on this machine and return rank 0's return value
+    (picklable); an error in any rank is raised here."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(free_port())
-    mp.spawn(fn, args=(nprocs, *args), nprocs=nprocs, join=True)
+    results = mp.get_context("spawn").SimpleQueue()
+    procs = mp.start_processes(_returning, args=(fn, results, nprocs, *args), nprocs=nprocs, join=False,
+                               start_method="spawn")
+    result = None
+    while not procs.join(timeout=0.2):  # reading while waiting: a large result cannot block rank 0's exit
+        if not results.empty():
+            result = results.get()
+    return results.get() if not results.empty() else result
+
+
+def _returning(rank: int, fn: Callable, results, nprocs: int, *args) -> None:
+    value = fn(rank, nprocs, *args)
+    if rank == 0:
+        results.put(value)
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

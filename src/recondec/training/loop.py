@@ -14,30 +14,24 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 import torch
 from tqdm import tqdm
 
 from recondec.config import Config
 from recondec.models import AugmentedLoss, AugmentedNet
+from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
-from recondec.training.metrics import EvalMetrics, RunningMeans, ten_crop_probs
+from recondec.training.metrics import EvalMetrics, ten_crop_probs
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
 from recondec.training.pretrain import block_lrs, decoder_lr, pretrain_loss
 from recondec.training.schedule import Stage, build_optimizer, build_scheduler, param_groups, plan_stages
+from recondec.training.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-class Tracker(Protocol):
-    run_id: str
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_reconstructions(self, batch: "VisualBatch", epoch: int, final: bool) -> None: ...
-    def log_error_plot(self, history: list[dict[str, float]]) -> None: ...
 
 
 class VisualBatch:
@@ -61,7 +55,7 @@ class Trainer:
     def __init__(self, cfg: Config, model: AugmentedNet, loss_fn: AugmentedLoss, loaders, device: torch.device,
                  tracker: Optional[Tracker] = None, env: DistEnv = DistEnv()):
         self.cfg, self.model, self.loss_fn, self.loaders = cfg, model, loss_fn, loaders
-        self.device, self.tracker, self.env = device, tracker, env
+        self.device, self.tracker, self.env = device, tracker or Tracker(), env  # Tracker(): logs nothing
         self.quiet = not (cfg.trainer.progress and env.is_main)  # one set of progress bars: rank 0's
         self.net: torch.nn.Module = model  # what the training step calls: DDP- and/or compile-wrapped
         self.stages = plan_stages(cfg.schedule, model.decoder is not None)
@@ -74,9 +68,7 @@ class Trainer:
                              f"{cfg.schedule.batch_size}")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
-        self.epoch, self.step, self.best_top1 = 0, 0, -1.0
-        self.batch_in_epoch, self.running = 0, RunningMeans()  # progress within the current epoch
-        self.history: list[dict[str, float]] = []
+        self.state = TrainState()  # epoch, step, position in the epoch, best top-1, history: what checkpoints carry
         self.nonfinite = NonFiniteGuard(cfg.trainer.nonfinite)
         self.preemption = PreemptionGuard()
         self.ckpt_dir = ckpt.checkpoint_dir(cfg.output_dir)
@@ -86,7 +78,6 @@ class Trainer:
         # semi-supervised: a stream of unlabelled batches beside the labelled one, cycled through on its own
         # (epoch, batch) position, which checkpoints carry; the baseline has no use for it
         self.unlabelled = loaders.unlabelled if model.decoder is not None else None
-        self.unlabelled_pos = {"epoch": 0, "batch": 0}
         self._unlabelled_iter = None
 
     # ------------------------------------------------------------------ stages
@@ -98,7 +89,7 @@ class Trainer:
         """The epoch within the current stage: it seeds the data order. Every stage sees the same sequence of
         orders, so a variant's joint stage and the baseline's (which has no decoder stages before it) see the
         same batches."""
-        return self.epoch - self._stage.first_epoch
+        return self.state.epoch - self._stage.first_epoch
 
     def enter_stage(self, stage: Stage, reseed: bool = True) -> None:
         """Freeze or unfreeze what the stage trains and give it a fresh optimiser and LR schedule. The global RNG
@@ -137,15 +128,13 @@ class Trainer:
         """Given or probed on rank 0's first batches; every rank uses rank 0's choice."""
         lrs = block_lrs(self.model, self.loss_fn, conf, self.cfg.schedule, self._first_train_images)
         lrs = distributed.broadcast_object(lrs)
-        if self.tracker:
-            self.tracker.log_metrics({f"pretrain/lr/{k}": v for k, v in lrs.items()}, step=self.epoch)
+        self.tracker.log_metrics({f"pretrain/lr/{k}": v for k, v in lrs.items()}, step=self.state.epoch)
         return lrs
 
     def _probed_decoder_lr(self) -> float:
         lr = distributed.broadcast_object(decoder_lr(self.model, self.loss_fn, self.cfg.schedule.pretrain,
                                                      self.cfg.schedule, self._first_train_images))
-        if self.tracker:
-            self.tracker.log_metrics({f"{self._stage.name}/lr": lr}, step=self.epoch)
+        self.tracker.log_metrics({f"{self._stage.name}/lr": lr}, step=self.state.epoch)
         return lr
 
     def _first_train_images(self, n: int) -> list[torch.Tensor]:
@@ -174,49 +163,53 @@ class Trainer:
 
     def _fit(self) -> dict[str, float]:
         # a run resumed after its last epoch has nothing to train: its result is the last epoch's
-        last = {k: v for k, v in self.history[-1].items() if k != "epoch"} if self.history else {}
-        while self.epoch < self.total_epochs:
-            stage = self.stage_at(self.epoch)
+        last = {k: v for k, v in self.state.history[-1].items() if k != "epoch"} if self.state.history else {}
+        while self.state.epoch < self.total_epochs:
+            stage = self.stage_at(self.state.epoch)
             if stage is not self._stage:
                 self.enter_stage(stage)
-            train_metrics = self.train_epoch()
-            self.epoch += 1
-            last = {f"train/{k}": v for k, v in train_metrics.items()}
-            if self.epoch % self.cfg.trainer.val_every_n_epochs == 0 or self.epoch == self.total_epochs:
-                val, visual = self.evaluate(ssim=self._is_figure_epoch())
-                last.update({f"val/{k}": v for k, v in val.items()})
-                is_best = val["top1"] > self.best_top1
-                self.best_top1 = max(self.best_top1, val["top1"])
-                last["val/best_top1"] = self.best_top1
-                if self.epoch == self.total_epochs and self.loaders.val_ten_crop is not None:
-                    last.update({f"val/{k}": v for k, v in self.evaluate_ten_crop().items()})
-                self.history.append({"epoch": self.epoch, **last})
-                if self.tracker:
-                    self.tracker.log_metrics(last, step=self.epoch)
-                    self._log_figures(visual)
-                self.save_checkpoint("best.pt" if is_best else None)
-            else:
-                self.history.append({"epoch": self.epoch, **last})
-                if self.tracker:
-                    self.tracker.log_metrics(last, step=self.epoch)
-                self.save_checkpoint()
-            # metrics are logged before the checkpoint: a crash in between repeats a log, never loses one
-            self._exit_if_preempted()
+            last = {f"train/{k}": v for k, v in self.train_epoch().items()}
+            self.state.epoch += 1
+            val, visual, is_best = self._validate_if_due()
+            last.update(val)
+            self._end_epoch(last, visual, is_best)
         return last
+
+    def _validate_if_due(self) -> tuple[dict[str, float], Optional[VisualBatch], bool]:
+        """Every trainer.val_every_n_epochs and after the last epoch: the "val/..." metrics, the figures' batch,
+        and whether top-1 is the best so far."""
+        if self.state.epoch % self.cfg.trainer.val_every_n_epochs and self.state.epoch != self.total_epochs:
+            return {}, None, False
+        val, visual = self.evaluate(ssim=self._is_figure_epoch())
+        metrics = {f"val/{k}": v for k, v in val.items()}
+        is_best = val["top1"] > self.state.best_top1
+        self.state.best_top1 = max(self.state.best_top1, val["top1"])
+        metrics["val/best_top1"] = self.state.best_top1
+        if self.state.epoch == self.total_epochs and self.loaders.val_ten_crop is not None:
+            metrics.update({f"val/{k}": v for k, v in self.evaluate_ten_crop().items()})
+        return metrics, visual, is_best
+
+    def _end_epoch(self, metrics: dict[str, float], visual: Optional[VisualBatch], is_best: bool) -> None:
+        """History, logs, figures, then the checkpoint: a crash in between repeats a log, never loses one."""
+        self.state.history.append({"epoch": self.state.epoch, **metrics})
+        self.tracker.log_metrics(metrics, step=self.state.epoch)
+        self._log_figures(visual)
+        self.save_checkpoint("best.pt" if is_best else None)
+        self._exit_if_preempted()
 
     def _is_figure_epoch(self) -> bool:
         """Every trainer.figures_every_n_epochs and after the last epoch: reconstruction grids and SSIM."""
-        return self.epoch == self.total_epochs or self.epoch % self.cfg.trainer.figures_every_n_epochs == 0
+        return self.state.epoch == self.total_epochs or self.state.epoch % self.cfg.trainer.figures_every_n_epochs == 0
 
     def _log_figures(self, visual: Optional[VisualBatch]) -> None:
         """Reconstruction grids on figure epochs; the error plot at the end."""
         if visual is None:
             return
-        final = self.epoch == self.total_epochs
+        final = self.state.epoch == self.total_epochs
         if self._is_figure_epoch():
-            self.tracker.log_reconstructions(visual, self.epoch, final)
+            self.tracker.log_reconstructions(visual, self.state.epoch, final)
         if final:
-            self.tracker.log_error_plot(self.history)
+            self.tracker.log_error_plot(self.state.history)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -230,39 +223,39 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
-        first = self.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
+        first = self.state.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
         self.loaders.train.set_epoch(self.data_epoch, skip_batches=first)
         seen, start = 0, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=first, disable=self.quiet,
-                   desc=f"epoch {self.epoch + 1}/{self.total_epochs} [{self._stage.name}]", leave=False,
+                   desc=f"epoch {self.state.epoch + 1}/{self.total_epochs} [{self._stage.name}]", leave=False,
                    dynamic_ncols=True)
         for i, (x, y) in enumerate(self.loaders.train, start=first):
             if i >= self.steps_per_epoch:
                 break
             seen += self.train_step(x, y)
-            self.batch_in_epoch = i + 1
+            self.state.batch_in_epoch = i + 1
             bar.update(1)
-            if self.step % self.cfg.trainer.log_every_n_steps == 0:
+            if self.state.step % self.cfg.trainer.log_every_n_steps == 0:
                 self.nonfinite.verify()
-                means = self.running.compute()  # with verify(), the only host syncs, once per log interval
+                means = self.state.running.compute()  # with verify(), the only host syncs, once per log interval
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
                                 {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
-                if self.tracker and means:  # the epoch's running means so far, against the global step
+                if means:  # the epoch's running means so far, against the global step
                     self.tracker.log_metrics({f"train_step/loss/{k}": v for k, v in means.items()} |
-                                             {"train_step/lr": self.optimizer.param_groups[0]["lr"]}, step=self.step)
+                                             {"train_step/lr": self.optimizer.param_groups[0]["lr"]}, step=self.state.step)
             self._step_boundary()
         bar.close()
         self.nonfinite.verify()
-        metrics = {f"loss/{k}": v for k, v in self.running.compute().items()}
+        metrics = {f"loss/{k}": v for k, v in self.state.running.compute().items()}
         metrics["img_per_s"] = seen * self.env.world_size / max(1e-9, time.perf_counter() - start)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.cfg.trainer.nonfinite == "skip":
             metrics["skipped_batches"] = self.nonfinite.skipped
-        self.batch_in_epoch, self.running = 0, RunningMeans()
+        self.state.start_epoch()
         return metrics
 
     def _next_unlabelled(self) -> torch.Tensor:
-        pos = self.unlabelled_pos
+        pos = self.state.unlabelled
         if self._unlabelled_iter is None:
             self.unlabelled.set_epoch(pos["epoch"], skip_batches=pos["batch"])
             self._unlabelled_iter = iter(self.unlabelled)
@@ -295,27 +288,27 @@ class Trainer:
             with self._autocast():
                 terms = self.loss_terms(x, y, xu)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.nonfinite.admit(terms, self.step + 1):
+            if self.nonfinite.admit(terms, self.state.step + 1):
                 self.scaler.scale(terms["total"]).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.running.update(terms)
+                self.state.running.update(terms)
         self.scheduler.step()  # a skipped batch still advances the LR schedule, which counts batches
-        self.step += 1
+        self.state.step += 1
         return x.shape[0]
 
     def _step_boundary(self) -> None:
         """The periodic mid-epoch checkpoint (the epoch's last step gets the end-of-epoch one) and the
         preemption exit."""
         every = self.cfg.trainer.checkpoint_every_n_steps
-        periodic = bool(every) and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
+        periodic = bool(every) and self.state.step % every == 0 and self.state.batch_in_epoch < self.steps_per_epoch
         if periodic or self.preemption.requested:
             self.save_checkpoint()
         self._exit_if_preempted()
 
     def _exit_if_preempted(self) -> None:
         if self.preemption.requested:
-            raise self.preemption.exception(self.step)
+            raise self.preemption.exception(self.state.step)
 
     @torch.no_grad()
     def evaluate(self, ssim: bool = True) -> tuple[dict[str, float], Optional[VisualBatch]]:
@@ -354,21 +347,19 @@ class Trainer:
         return {"top1_10crop": out["top1"], "top5_10crop": out["top5"]}
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict[str, Any]:
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything a resumed run needs (the layout: training/state.py)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "stage": self._stage.name, "epoch": self.epoch, "step": self.step, "best_top1": self.best_top1,
-                "batch_in_epoch": self.batch_in_epoch, "skipped_batches": self.nonfinite.skipped,
-                "running": {"sums": {k: v.cpu() for k, v in self.running.sums.items()}, "count": self.running.count},
-                "history": self.history, "rng": ckpt.rng_state(), "unlabelled": dict(self.unlabelled_pos),
-                "mlflow_run_id": getattr(self.tracker, "run_id", None)}
+                "stage": self._stage.name, "skipped_batches": self.nonfinite.skipped,
+                "mlflow_run_id": self.tracker.run_id, **self.state.to_dict()}
 
     def save_checkpoint(self, also_as: Optional[str] = None) -> Path:
         self.nonfinite.verify()  # never replace the last good checkpoint by one written after a NaN
         path = self.ckpt_dir / "last.pt"
         if not self.env.is_main:  # rank 0 holds the same weights and writes for everyone
             return path
-        state = self.state()
+        state = self.checkpoint()
         ckpt.save_atomic(state, path, keep_previous=True)
         if also_as:
             ckpt.save_atomic(state, self.ckpt_dir / also_as)
@@ -377,15 +368,10 @@ class Trainer:
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         """Continue where `state` stopped: same epoch, step, optimiser, schedule and random streams."""
         self.model.load_state_dict(state["model"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.best_top1, self.history = state.get("best_top1", -1.0), state.get("history", [])
-        self.batch_in_epoch, self.nonfinite.skipped = state.get("batch_in_epoch", 0), state.get("skipped_batches", 0)
-        running = state.get("running", {"sums": {}, "count": 0})
-        self.running.sums = {k: v.to(self.device) for k, v in running["sums"].items()}
-        self.running.count = running["count"]
-        self.unlabelled_pos, self._unlabelled_iter = dict(state.get("unlabelled", {"epoch": 0, "batch": 0})), None
+        self.state = TrainState.from_dict(state, self.device)
+        self.nonfinite.skipped, self._unlabelled_iter = state.get("skipped_batches", 0), None
         self.scaler.load_state_dict(state["scaler"])
-        stage = self.stage_at(self.epoch) if self.epoch < self.total_epochs else None
+        stage = self.stage_at(self.state.epoch) if self.state.epoch < self.total_epochs else None
         if stage is not None and state.get("stage") == stage.name:
             # mid-stage: keep the optimiser's momentum and the LR position, then the random streams
             self.enter_stage(stage, reseed=False)
@@ -396,4 +382,4 @@ class Trainer:
             ckpt.set_rng_state(state["rng"])
             if stage is not None:
                 self.enter_stage(stage)
-        log.info("resumed at epoch %d, batch %d (step %d)", self.epoch + 1, self.batch_in_epoch, self.step)
+        log.info("resumed at epoch %d, batch %d (step %d)", self.state.epoch + 1, self.state.batch_in_epoch, self.state.step)
