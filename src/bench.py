@@ -214,7 +214,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    from recondec.config import validate
+    from recondec.checks import validate
     from recondec.models.profile import profile_table
 
     cfgs = {name: validate(cfg) for name, cfg in compose_variants(args, tempfile.gettempdir()).items()}
@@ -238,7 +238,8 @@ def add_terms_args(p: argparse.ArgumentParser) -> None:
 def run_terms(args: argparse.Namespace) -> None:
     from hydra import compose, initialize_config_dir
 
-    from recondec.config import CONF_DIR, register_schema, validate
+    from recondec.checks import validate
+    from recondec.config import CONF_DIR, register_schema
     from recondec.training.term_shares import format_term_table, measure_term_shares
 
     register_schema()

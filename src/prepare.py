@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from recondec.config import register_schema, validate  # noqa: E402
+from recondec.checks import validate  # noqa: E402
+from recondec.config import register_schema  # noqa: E402
 from recondec.data.beton import write_dataset  # noqa: E402
 
 register_schema()

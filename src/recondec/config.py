@@ -133,23 +133,9 @@ class BackboneConf(Checked):
     # upper blocks sit on a plateau for hundreds of steps, README); the CPU-scale presets use `he`
     decoder_init: DecoderInit = DecoderInit.reference
 
-    def check(self) -> None:
-        from recondec.models.backbones import BACKBONES  # late import: config must not need torch
-
-        _require(self.name in BACKBONES, "backbone.name", f"one of {sorted(BACKBONES)}", self.name)
+    def check(self) -> None:  # the name, the size rule and the weights are checked against the registry: checks.py
         _require(self.width > 0, "backbone.width", "a positive multiplier", self.width)
         _require(0 <= self.dropout < 1, "backbone.dropout", "a value in [0, 1)", self.dropout)
-        spec = BACKBONES[self.name]
-        _require(spec.accepts_size(self.image_size), "backbone.image_size", spec.size_rule, self.image_size)
-        if self.pretrained is not None:
-            from recondec.models.backbones import ensure_cached, torchvision_weights
-
-            try:  # a weights name is fetched into torch.hub's cache now, so a job never fails on it later
-                weights = torchvision_weights(self.name, self.pretrained)
-                if weights:
-                    ensure_cached(weights)
-            except (ValueError, FileNotFoundError) as e:
-                raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -283,6 +269,23 @@ class FFCVConf(Checked):
         _require(self.batch_timeout_s > 0, "data.ffcv.batch_timeout_s", "seconds > 0", self.batch_timeout_s)
 
 
+@dataclass(frozen=True)
+class DatasetKind:
+    """What checks and loaders need to know of a data set: asked of this description, never of its name."""
+    builtin: bool = False               # read by data/builtin.py (memory loader, or a .beton written on first use);
+    #                                     stored in random order, so its first N images are a random N
+    classes_from_folders: bool = False  # data.num_classes=null: the class folders of <data.root>/train
+
+
+DATASETS = {"digits": DatasetKind(builtin=True), "fashion_mnist": DatasetKind(builtin=True),
+            "imagenet": DatasetKind(), "folder": DatasetKind(classes_from_folders=True)}
+
+
+def dataset_kind(name: str) -> DatasetKind:
+    """A name not listed (a data config of your own) is an ImageFolder tree at data.root."""
+    return DATASETS.get(name, DatasetKind())
+
+
 @dataclass
 class DataConf(Checked):
     name: str = MISSING                 # digits | fashion_mnist | imagenet | folder
@@ -310,27 +313,15 @@ class DataConf(Checked):
         _require(0 < self.val_fraction < 1, "data.val_fraction", "a value in (0, 1)", self.val_fraction)
         _require(self.labelled is None or self.labelled >= 1, "data.labelled",
                  "null (all labelled) or an integer >= 1 (the first N training images are labelled)", self.labelled)
-        if self.name == "fashion_mnist":
-            pass  # Debian's folder, a folder of idx files, or torchvision's download folder (data/builtin.py)
-        elif self.name in ("imagenet", "folder") or self.loader is not Loader.memory:
-            if self.loader is Loader.memory:
-                raise ConfigError(f"data.loader=memory is invalid for data={self.name}: allowed ffcv or torchvision")
-            if self.loader is Loader.torchvision or self.name in ("imagenet", "folder"):
-                _require(self.root is not None and os.path.isdir(str(self.root)), "data.root",
-                         "an existing directory (set data.root=/path/to/data)", self.root)
-        train = Path(str(self.root), "train")  # data=folder: the classes are its folders
-        if self.name == "folder" and (self.num_classes is None or train.is_dir()):
-            from recondec.data.beton import list_classes  # late import: the data layer sits above config
-
-            try:
-                found = len(list_classes(train))
-            except FileNotFoundError as e:
-                raise ConfigError(f"data.num_classes=null cannot be inferred: {e}; set data.num_classes=N") from None
-            _require(self.num_classes in (None, found), "data.num_classes",
-                     f"null or {found}, the number of class folders in {train}", self.num_classes)
-            self.num_classes = found
-        _require(self.num_classes is not None and self.num_classes > 0, "data.num_classes", "an integer > 0",
-                 self.num_classes)
+        kind = dataset_kind(self.name)
+        if kind.builtin:
+            _require(self.loader is not Loader.torchvision, "data.loader", "memory or ffcv (the torchvision loader "
+                     f"reads image folders; data={self.name} is built in)", self.loader.value)
+        else:
+            _require(self.loader is not Loader.memory, "data.loader",
+                     f"ffcv or torchvision (data={self.name} is an image folder)", self.loader.value)
+            _require(self.root is not None and os.path.isdir(str(self.root)), "data.root",
+                     "an existing directory (set data.root=/path/to/data)", self.root)
 
 
 @dataclass
@@ -446,8 +437,9 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
 
-def validate(cfg: DictConfig) -> Config:
-    """Run every range check (the dataclasses' __post_init__) and return the typed config object."""
+def check_schema(cfg: DictConfig) -> Config:
+    """Run every range check of the schema (the dataclasses' __post_init__) and the checks across groups, and
+    return the typed config object. checks.validate adds what needs the layers above (registry, files, weights)."""
     try:
         obj = OmegaConf.to_object(cfg)
     except ConfigError:
@@ -462,7 +454,6 @@ def validate(cfg: DictConfig) -> Config:
     _require(obj.study != Study.recon or obj.classifier.epochs or obj.backbone.pretrained, "classifier.epochs",
              "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
              obj.classifier.epochs)
-    _fill_normalisation(obj)
     if obj.schedule.unlabelled_batch_size:
         _require(obj.data.labelled is not None, "schedule.unlabelled_batch_size",
                  "0 unless data.labelled leaves unlabelled images (set data.labelled=N)",
@@ -477,21 +468,3 @@ def validate(cfg: DictConfig) -> Config:
 
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def _fill_normalisation(obj: Config) -> None:
-    """data.mean / data.std left null: those of the torchvision weights named by backbone.pretrained (their
-    transforms' metadata), else ImageNet's. (Their resize / crop sizes, 256 / 224 for every weights of the
-    torchvision backbones here, are the loaders' fixed 256/224 ratio and backbone.image_size.)"""
-    if obj.data.mean is not None and obj.data.std is not None:
-        return
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if obj.backbone.pretrained:
-        from recondec.models.backbones import torchvision_weights  # late import: config must not need torch
-
-        weights = torchvision_weights(obj.backbone.name, obj.backbone.pretrained)
-        if weights is not None:
-            transforms = weights.transforms()
-            mean, std = list(transforms.mean), list(transforms.std)
-    obj.data.mean = obj.data.mean if obj.data.mean is not None else mean
-    obj.data.std = obj.data.std if obj.data.std is not None else std

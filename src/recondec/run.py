@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recondec.config import Config, validate
+from recondec.checks import validate
+from recondec.config import Config
 from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
 from recondec.studies.classifier import with_classifier

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from recondec.checks import check_backbone
 from recondec.config import BackboneConf, ConfigError, LossLevels, Topology, Unpool, VariantConf
 from recondec.models import BACKBONES, build_model
 from recondec.models.backbones import BackboneSpec, Encoder, build_encoder, cached_file, load_pretrained
@@ -64,7 +65,7 @@ def seed_cache(name: str, weights: str, state) -> Path:
 def test_weights_by_name_load_from_the_torch_hub_cache(weights):
     source = build_encoder("vgg16", 10, 32, classifier_width=16)
     seed_cache("vgg16", "IMAGENET1K_V1", source.state_dict())  # DEFAULT is the same file
-    assert BackboneConf("vgg16", image_size=32, pretrained=weights).pretrained == weights  # validates offline
+    check_backbone(BackboneConf("vgg16", image_size=32, pretrained=weights))  # validates offline: no error
     encoder = build_encoder("vgg16", 10, 32, classifier_width=16)
     assert load_pretrained(encoder, weights, "vgg16") == []
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in encoder.state_dict().items())
@@ -79,16 +80,16 @@ def test_junk_in_the_cache_is_an_error_naming_the_file(junk):
 
 def test_unknown_weights_name_lists_the_valid_ones_and_only_torchvision_backbones_take_names():
     with pytest.raises(ConfigError, match=r"backbone.pretrained='IMAGENET9K'.*one of \['IMAGENET1K_V1', "):
-        BackboneConf("alexnet", image_size=96, pretrained="IMAGENET9K")
+        check_backbone(BackboneConf("alexnet", image_size=96, pretrained="IMAGENET9K"))
     with pytest.raises(ValueError, match="IMAGENET1K_FEATURES"):
         load_pretrained(build_encoder("vgg16", 10, 32, classifier_width=16), "IMAGENET9K", "vgg16")
     with pytest.raises(ConfigError, match="vgg16_small has no torchvision counterpart"):
-        BackboneConf("vgg16_small", image_size=32, pretrained="IMAGENET1K_V1")
+        check_backbone(BackboneConf("vgg16_small", image_size=32, pretrained="IMAGENET1K_V1"))
 
 
 def test_weights_not_cached_offline_say_where_to_place_the_file():
     with pytest.raises(ConfigError, match=r"not cached at .*vgg16-397923af\.pth and cannot be downloaded.*place it"):
-        BackboneConf("vgg16", image_size=32, pretrained="IMAGENET1K_V1")
+        check_backbone(BackboneConf("vgg16", image_size=32, pretrained="IMAGENET1K_V1"))
 
 
 def test_vgg16_macro_layers_match_configuration_d_at_224():

@@ -51,7 +51,7 @@ def test_a_missing_weight_names_the_key():
 def _conv1_grad(compose_cfg, variant: str, loss: str) -> torch.Tensor:
     """conv1_1's gradient of the whole loss for VGG-16 at 128 px on torchvision-normalised images; the decoder
     and encoder weights are the same for every variant (same seed, same architecture)."""
-    from recondec.config import validate
+    from recondec.checks import validate
     from recondec.models import build_loss, build_model
 
     cfg = validate(compose_cfg("backbone=vgg16", "backbone.image_size=128", "backbone.classifier_width=64",

@@ -1,11 +1,14 @@
 """Config composition (Hydra's compose API) and the named errors for bad values."""
 import re
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from recondec.config import CONF_DIR, ConfigError, validate
+from recondec.checks import validate
+from recondec.config import CONF_DIR, REPO_ROOT, ConfigError
 
 GROUPS = ["backbone", "variant", "loss", "schedule", "data", "trainer", "logger", "experiment"]
 NEEDS_DATA = {"imagenet", "folder"}  # need data.root to validate
@@ -151,3 +154,25 @@ def test_every_torchvision_weights_resizes_to_256_and_crops_224_as_the_loaders_d
     for weights in get_model_weights(TORCHVISION_NAMES[backbone]):
         t = weights.transforms()
         assert (list(t.resize_size), list(t.crop_size)) == ([256], [224]), weights
+
+
+def test_the_schema_checks_need_no_layer_above_config():
+    """config.py is the ground floor: composing and checking a config imports neither torch nor the models or
+    data layers (the registry and file checks are checks.py's)."""
+    code = ("import sys; sys.path.insert(0, 'src'); from hydra import compose, initialize_config_dir; "
+            "from recondec.config import CONF_DIR, check_schema, register_schema; register_schema(); "
+            "ctx = initialize_config_dir(str(CONF_DIR), version_base='1.3'); ctx.__enter__(); "
+            "cfg = check_schema(compose('config', overrides=['output_dir=/tmp/x'])); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('recondec.models', 'recondec.data'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("overrides,key", [(["data.loader=torchvision"], "data.loader"),
+                                           (["data=folder", "data.loader=memory", "data.root=/"], "data.loader"),
+                                           (["data.name=mine", "data.loader=ffcv"], "data.root")])
+def test_what_a_data_set_allows_comes_from_its_kind(compose_cfg, overrides, key):
+    """digits is built in (memory or ffcv); folder and a name of your own are image folders (a root, no memory)."""
+    with pytest.raises(ConfigError, match=rf"{key}=.* is invalid"):
+        validate(compose_cfg(*overrides))

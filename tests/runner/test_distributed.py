@@ -14,7 +14,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recondec.config import Config, validate
+from recondec.checks import validate
+from recondec.config import Config
 from recondec.run import JobInfo, build_trainer, run_job
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
@@ -125,7 +126,8 @@ def test_a_two_process_job_makes_exactly_one_mlflow_run(compose_cfg, tmp_path):
 
 
 def test_batch_size_must_split_over_devices(compose_cfg):
-    from recondec.config import ConfigError, validate
+    from recondec.checks import validate
+    from recondec.config import ConfigError
 
     with pytest.raises(ConfigError, match="schedule.batch_size"):
         validate(compose_cfg("trainer.devices=3", "schedule.batch_size=32"))

@@ -4,7 +4,7 @@ written under bf16 resumes exactly."""
 import pytest
 import torch
 
-from recondec.config import validate
+from recondec.checks import validate
 from recondec.run import build_trainer
 
 from ..conftest import VARIANTS

@@ -1,7 +1,8 @@
 """Layer-wise decoder pre-training: why the warm start exists, that it works, and the LR probe."""
 import torch
 
-from recondec.config import LossForm, validate
+from recondec.checks import validate
+from recondec.config import LossForm
 from recondec.models.losses import euclidean
 from recondec.run import build_trainer
 from recondec.training.pretrain import probe_lr

@@ -11,7 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from recondec.config import REPO_ROOT, validate
+from recondec.checks import validate
+from recondec.config import REPO_ROOT
 from recondec.models import build_model
 from recondec.run import JobInfo, run_job
 

@@ -3,7 +3,8 @@ unlabelled images to every step, and those images train the reconstruction terms
 import pytest
 import torch
 
-from recondec.config import ConfigError, validate
+from recondec.checks import validate
+from recondec.config import ConfigError
 from recondec.data import build_loaders
 from recondec.run import JobInfo, build_trainer, run_job
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recondec.config import ConfigError, validate
+from recondec.checks import validate
+from recondec.config import ConfigError
 from recondec.run import JobInfo, run_job
 from recondec.training.loop import Trainer
 

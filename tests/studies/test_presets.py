@@ -5,7 +5,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from recondec.config import ConfigError, validate, variant_names
+from recondec.checks import validate
+from recondec.config import ConfigError, variant_names
 from recondec.run import JobInfo, run_job
 from recondec.studies.recon import run_recon_study
 

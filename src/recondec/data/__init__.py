@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from recondec.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, DataConf, Loader, TrainCrop
+from recondec.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, DataConf, Loader, TrainCrop, dataset_kind
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -21,7 +21,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 UNLABELLED_SEED = 7_919  # the unlabelled stream's order: its own seed, never the labelled stream's
 SPLIT_SEED = 0  # which images of an image folder are labelled: fixed, the same for every job and seed
-BUILTIN = ("digits", "fashion_mnist")  # the sets data/builtin.py loads (memory loader, or .beton on first use)
 
 
 def labelled_split(n: int, data: DataConf) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -33,7 +32,7 @@ def labelled_split(n: int, data: DataConf) -> tuple[Optional[np.ndarray], Option
     if data.labelled > n:
         raise ConfigError(f"data.labelled={data.labelled} is invalid: allowed at most {n}, the training images "
                           "(after data.train_limit)")
-    order = np.arange(n) if data.name in BUILTIN else np.random.default_rng(SPLIT_SEED).permutation(n)
+    order = np.arange(n) if dataset_kind(data.name).builtin else np.random.default_rng(SPLIT_SEED).permutation(n)
     return np.sort(order[:data.labelled]), np.sort(order[data.labelled:])
 
 

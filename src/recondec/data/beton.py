@@ -25,8 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from recondec.config import REPO_ROOT, DataConf, FFCVConf
-from recondec.data import BUILTIN
+from recondec.config import REPO_ROOT, DataConf, FFCVConf, dataset_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 VAL_LABEL_FILES = ("val_labels.txt", "val.txt")  # for a flat val/ folder: "<file name> <class index>" per line
@@ -474,7 +473,7 @@ def prepare_command(data: DataConf) -> str:
 
 def write_dataset(data: DataConf) -> dict[str, WriteResult]:
     """Write (or confirm up to date) train.beton and val.beton of data set `data` into beton_dir(data)."""
-    if data.name in BUILTIN:
+    if dataset_kind(data.name).builtin:
         from recondec.data.builtin import load_builtin
 
         splits = dict(zip(SPLITS, load_builtin(data.name, data.root, data.val_fraction)))

@@ -25,8 +25,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from recondec.config import DataConf, Order, TrainCrop
-from recondec.data import BUILTIN, UNLABELLED_SEED, Loaders, labelled_split, ten_crop_view_size
+from recondec.config import DataConf, Order, TrainCrop, dataset_kind
+from recondec.data import UNLABELLED_SEED, Loaders, labelled_split, ten_crop_view_size
 from recondec.data.beton import beton_path, prepare_command, write_dataset
 
 VAL_CROP_RATIO = 224 / 256
@@ -231,7 +231,7 @@ def ensure_betons(data: DataConf) -> dict[str, str]:
     paths = {s: beton_path(data, s) for s in ("train", "val")}
     if all(p.is_file() for p in paths.values()):
         return {s: str(p) for s, p in paths.items()}
-    if data.name not in BUILTIN:
+    if not dataset_kind(data.name).builtin:
         missing = [str(p) for p in paths.values() if not p.is_file()]
         raise FileNotFoundError(f"{' and '.join(missing)} not found: write the .beton files first with "
                                 f"`{prepare_command(data)}`")

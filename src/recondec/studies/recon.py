@@ -89,7 +89,7 @@ def recon_table(levels, results) -> str:
 
 @torch.no_grad()
 def _reconstruct(sub: DictConfig, checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
-    from recondec.config import validate
+    from recondec.checks import validate
 
     conf = validate(sub)
     model = build_model(conf.backbone, conf.variant, conf.data.num_classes)
@@ -99,7 +99,7 @@ def _reconstruct(sub: DictConfig, checkpoint: Path, images: torch.Tensor) -> tor
 
 def recon_figure(cfg: DictConfig, checkpoints):
     """One row per level: the inputs, then SAE and SWWAE reconstructions side by side."""
-    from recondec.config import validate
+    from recondec.checks import validate
 
     conf = validate(cfg)
     loaders = build_loaders(conf.data, conf.backbone.image_size, conf.schedule.batch_size, conf.trainer.seed)

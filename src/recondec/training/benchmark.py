@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from recondec.config import Config, validate
+from recondec.checks import validate
+from recondec.config import Config
 from recondec.data import Loaders
 from recondec.models import build_loss, build_model
 from recondec.models.profile import forward_flops
@@ -124,7 +125,8 @@ def mean_of_runs(a: BenchRow, b: BenchRow) -> BenchRow:
     img_per_s = 2 / (1 / a.img_per_s + 1 / b.img_per_s)
     scale = img_per_s / a.img_per_s
     return BenchRow(a.variant, img_per_s, a.gflops_fwd, a.tflops * scale, a.mfu * scale if a.mfu else None,
-                    _harmonic(a.loop_img_per_s, b.loop_img_per_s), _harmonic(a.compiled_img_per_s, b.compiled_img_per_s))
+                    _harmonic(a.loop_img_per_s, b.loop_img_per_s),
+                    _harmonic(a.compiled_img_per_s, b.compiled_img_per_s))
 
 
 def _harmonic(a: Optional[float], b: Optional[float]) -> Optional[float]:

@@ -242,7 +242,8 @@ class Trainer:
                                 {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
                 if means:  # the epoch's running means so far, against the global step
                     self.tracker.log_metrics({f"train_step/loss/{k}": v for k, v in means.items()} |
-                                             {"train_step/lr": self.optimizer.param_groups[0]["lr"]}, step=self.state.step)
+                                             {"train_step/lr": self.optimizer.param_groups[0]["lr"]},
+                                             step=self.state.step)
             self._step_boundary()
         bar.close()
         self.nonfinite.verify()
@@ -382,4 +383,5 @@ class Trainer:
             ckpt.set_rng_state(state["rng"])
             if stage is not None:
                 self.enter_stage(stage)
-        log.info("resumed at epoch %d, batch %d (step %d)", self.state.epoch + 1, self.state.batch_in_epoch, self.state.step)
+        log.info("resumed at epoch %d, batch %d (step %d)", self.state.epoch + 1, self.state.batch_in_epoch,
+                 self.state.step)
