@@ -258,3 +258,19 @@ def test_image_folder_loaders_split_labelled_and_unlabelled_images_alike(tree):
     assert len({targets[i] for i in split[Loader.torchvision][0]}) > 1  # not just the first class folder
     x, y = next(iter(tv.unlabelled))
     assert x.shape == (4, 3, SIZE, SIZE) and bool((y == -1).all())
+
+
+@timeout
+@pytest.mark.slow
+def test_every_loader_is_a_batch_loader_that_skips_the_batches_a_resume_asks_it_to(ffcv_loaders, tv_loaders):
+    from recondec.data import BatchLoader
+
+    memory = build_loaders(DataConf(name="digits", num_classes=10), SIZE, BATCH, seed=0).train
+    for loader in (memory, ffcv_loaders.train, tv_loaders.train, ffcv_loaders.val, tv_loaders.val):
+        assert isinstance(loader, BatchLoader), type(loader)
+        loader.set_epoch(3)
+        full = _epoch(loader)
+        loader.set_epoch(3, skip_batches=2)
+        rest = _epoch(loader)
+        assert len(full) == len(loader) and len(rest) == len(full) - 2, type(loader)
+        assert [y.tolist() for _, y in rest] == [y.tolist() for _, y in full[2:]], type(loader)  # none when len 2

@@ -1,14 +1,13 @@
-"""Data: built-in sets, .beton writing, and the three loaders (memory, ffcv, torchvision).
-
-Every loader yields (images, labels): float32 (N, 3, S, S) normalized with data.mean / data.std on the
-0-1 scale, and int64 labels; it has len() (batches per epoch) and set_epoch(epoch, skip_batches=0).
-"""
+"""Data: built-in sets, .beton writing, and the three loaders (memory, ffcv, torchvision), each a BatchLoader."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from recondec.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, DataConf, Loader, TrainCrop, dataset_kind
 
@@ -36,14 +35,29 @@ def labelled_split(n: int, data: DataConf) -> tuple[Optional[np.ndarray], Option
     return np.sort(order[:data.labelled]), np.sort(order[data.labelled:])
 
 
+@runtime_checkable
+class BatchLoader(Protocol):
+    """What the Trainer iterates; MemoryLoader, the ffcv GuardedLoader and the torchvision FolderLoader implement it."""
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The next iteration is epoch `epoch` (its order a function of (seed, epoch)), without its first
+        `skip_batches` batches (a run resumed mid-epoch)."""
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+
+    def __iter__(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """(images, labels): float32 (N, 3, S, S) normalised with data.mean / data.std, int64 labels."""
+
+
 @dataclass
 class Loaders:
-    train: Any
-    val: Any
+    train: BatchLoader
+    val: BatchLoader
     num_train: int
     num_val: int
-    val_ten_crop: Any = None  # the uncropped validation view that 10-crop evaluation cuts its crops from
-    unlabelled: Any = None    # semi-supervised: the training images without labels (labels -1), its own order
+    val_ten_crop: Optional[BatchLoader] = None  # the uncropped validation view 10-crop evaluation cuts crops from
+    unlabelled: Optional[BatchLoader] = None    # semi-supervised: the images without labels (labels -1), own order
 
 
 def ten_crop_view_size(image_size: int) -> int:

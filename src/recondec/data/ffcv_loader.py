@@ -84,6 +84,8 @@ class GuardedLoader:
         bs, loader = self.loader.batch_size, self.loader
         order = loader.next_traversal_order()[:len(loader) * bs][self.skip_batches * bs:]
         loader.next_epoch += 1
+        if len(order) == 0:  # every batch skipped: ffcv's page cache cannot be built for no pages
+            return iter(())
         if loader.code is None:
             loader.generate_code()
         return EpochIterator(loader, order)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
@@ -68,8 +68,9 @@ def image_dataset(root: str, split: str, classes: list[str], transform: Callable
 class FolderLoader:
     """DataLoader with the loader protocol: set_epoch forwards to the DistributedSampler and skips batches."""
 
-    def __init__(self, loader: DataLoader, sampler: Optional[DistributedSampler], seed: int):
-        self.loader, self.sampler, self.seed = loader, sampler, seed
+    def __init__(self, loader: DataLoader, sampler: Optional[DistributedSampler], seed: int,
+                 order: Optional[torch.Generator] = None):
+        self.loader, self.sampler, self.seed, self.order = loader, sampler, seed, order
         self.skip_batches = 0
 
     def __len__(self) -> int:
@@ -78,8 +79,8 @@ class FolderLoader:
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        elif self.loader.generator is not None:  # reseeded: an epoch's order is a function of (seed, epoch)
-            self.loader.generator.manual_seed(epoch_seed(self.seed, epoch))
+        elif self.order is not None:  # reseeded: an epoch's order is a function of (seed, epoch)
+            self.order.manual_seed(epoch_seed(self.seed, epoch))
         self.skip_batches = skip_batches
 
     def __iter__(self):
@@ -93,11 +94,15 @@ def _loader(dataset: Dataset, data: DataConf, batch_size: int, seed: int, train:
             world_size: int) -> FolderLoader:
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                  drop_last=train) if world_size > 1 else None
-    generator = torch.Generator().manual_seed(epoch_seed(seed, 0)) if train and sampler is None else None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                        generator=generator, drop_last=train, num_workers=data.num_workers,
-                        persistent_workers=data.num_workers > 0, pin_memory=torch.cuda.is_available())
-    return FolderLoader(loader, sampler, seed)
+    # the sampler's own generator: the DataLoader's would also seed its workers, drawn once per fresh iterator but
+    # not when persistent workers are reused, so the same epoch seed gave another order in a resumed process
+    order = torch.Generator().manual_seed(epoch_seed(seed, 0)) if train and sampler is None else None
+    if order is not None:
+        sampler = RandomSampler(dataset, generator=order)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
+                        num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+                        pin_memory=torch.cuda.is_available())
+    return FolderLoader(loader, sampler if order is None else None, seed, order)
 
 
 def _limit(dataset: Dataset, n: Optional[int]) -> Dataset:
