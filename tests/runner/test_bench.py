@@ -7,7 +7,9 @@ import torchvision
 import bench
 from recondec.training.benchmark import BenchRow, format_table, mean_of_runs
 
-TINY = ["backbone.width=0.125", "backbone.classifier_width=32", "schedule.batch_size=8", "trainer.device=cpu"]
+from ..conftest import TINY
+
+BENCH_TINY = [*TINY, "trainer.device=cpu"]
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
@@ -31,7 +33,7 @@ def test_two_measurements_combine_as_the_mean_step_time():
 
 
 def test_train_benchmark_prints_every_variant_with_its_flops_ratio(capsys):
-    bench.main(["train", "--steps", "2", "--warmup", "1", "--variants", "sae_first,swwae_all", *TINY])
+    bench.main(["train", "--steps", "2", "--warmup", "1", "--variants", "sae_first,swwae_all", *BENCH_TINY])
     out = capsys.readouterr().out
     table = table_rows(out)
     assert list(table) == ["baseline", "sae_first", "swwae_all"]

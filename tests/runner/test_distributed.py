@@ -20,7 +20,7 @@ from recondec.run import JobInfo, build_trainer, run_job
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
 
-from .test_run import TINY
+from ..conftest import TINY
 
 STEPS = 4
 # SGD at a constant LR, no dropout, deterministic kernels; swwae_all exercises the switch scatter and every loss term

@@ -9,7 +9,7 @@ from recondec.run import build_trainer
 
 from ..conftest import VARIANTS
 from .test_reliability import EXACT, assert_same_weights, run, weights
-from .test_run import TINY
+from ..conftest import TINY
 
 STEPS = 2
 

@@ -8,7 +8,7 @@ from recondec.run import build_trainer
 from recondec.training.pretrain import probe_lr
 from recondec.training.schedule import plan_stages
 
-from .test_run import TINY
+from ..conftest import TINY
 
 SGD = ["schedule=vgg_finetune", "schedule.batch_size=32", "schedule.pretrain.probe_steps=20",
        "schedule.pretrain.probe_batches=2", "schedule.pretrain.lr_candidates=[10,1,0.1,0.01,0.001,1e-4,1e-5]"]

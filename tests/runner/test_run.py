@@ -16,11 +16,8 @@ from recondec.config import REPO_ROOT
 from recondec.models import build_model
 from recondec.run import JobInfo, run_job
 
-from ..conftest import VARIANTS
+from ..conftest import TINY, VARIANTS
 
-TINY = ["data.train_limit=96", "data.val_limit=48", "schedule.batch_size=32", "backbone.width=0.125",
-        "backbone.classifier_width=32", "schedule.decoder.epochs=1", "schedule.joint.epochs=1",
-        "trainer.progress=false", "trainer.recon_images=4"]
 
 
 def runs_of(db: Path, experiment: str):

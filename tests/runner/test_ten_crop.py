@@ -7,7 +7,8 @@ from torchvision.transforms import TenCrop
 from recondec.run import JobInfo, run_job
 from recondec.training.metrics import ten_crop_probs
 
-from .test_run import TINY, runs_of
+from ..conftest import TINY
+from .test_run import runs_of
 
 
 def test_ten_crop_probs_average_softmax_over_corners_centre_and_mirrors():

@@ -8,7 +8,7 @@ from recondec.config import ConfigError
 from recondec.data import build_loaders
 from recondec.run import JobInfo, build_trainer, run_job
 
-from .test_run import TINY
+from ..conftest import TINY
 
 SEMI = [*TINY, "data.train_limit=300", "data.labelled=100", "schedule.unlabelled_batch_size=20", "variant=swwae_all"]
 

@@ -10,8 +10,9 @@ from recondec.config import ConfigError, variant_names
 from recondec.run import JobInfo, run_job
 from recondec.studies.recon import run_recon_study
 
-TINY = ["data.train_limit=64", "data.val_limit=32", "schedule.batch_size=32", "backbone.width=0.125",
-        "backbone.classifier_width=16", "trainer.max_steps_per_epoch=2", "trainer.recon_images=2"]
+from ..conftest import TINY
+
+PRESET_TINY = [o for o in TINY if ".epochs=" not in o] + ["trainer.max_steps_per_epoch=2"]  # the preset's epochs
 
 
 @pytest.mark.parametrize("preset", ["joint_fmnist", "finetune_fmnist", "finetune_fmnist_low", "joint_imagenet_vgg16"])
@@ -32,7 +33,7 @@ def test_joint_fmnist_preset_is_the_papers_grid_at_cpu_scale(compose_cfg):
 
 
 def test_joint_fmnist_preset_runs(compose_cfg, tmp_path):
-    overrides = ["experiment=joint_fmnist", "variant=swwae_layerwise", "schedule.joint.epochs=1", *TINY]
+    overrides = ["experiment=joint_fmnist", "variant=swwae_layerwise", "schedule.joint.epochs=1", *PRESET_TINY]
     result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
     assert result.metrics["val/top1"] >= 0 and "val/psnr/pool4" in result.metrics
     assert mlflow.get_run(result.run_id).data.tags["variant"] == "swwae_layerwise"
@@ -42,7 +43,7 @@ def test_joint_fmnist_preset_runs(compose_cfg, tmp_path):
 def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose_cfg, tmp_path):
     overrides = ["experiment=recon_fmnist", "classifier.epochs=1", "recon.decoder_epochs=1",
                  f"classifier.cache_dir={tmp_path}/classifiers", "recon.levels=[pool4,fc7]", "recon.figure_images=2",
-                 *TINY]
+                 *PRESET_TINY]
     cfg = compose_cfg(*overrides)
     results = run_recon_study(cfg, JobInfo(overrides=overrides))
     assert set(results) == {"sae_from_pool4", "swwae_from_pool4", "sae_from_fc7", "swwae_from_fc7"}
