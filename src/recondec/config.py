@@ -8,6 +8,7 @@ work starts. One place, declarative, instead of checks scattered through the cod
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -346,7 +347,8 @@ class TrainerConf(Checked):
     ten_crop: bool = False
 
     def check(self) -> None:
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "trainer.device",
+        # a string, not an enum: cuda:N names one of N devices
+        _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "trainer.device",
                  "auto, cpu, cuda or cuda:N", self.device)
         _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps > 0,
                  "trainer.checkpoint_every_n_steps", "an integer > 0 or null", self.checkpoint_every_n_steps)
