@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, validated on load, found again by `resume=auto`.
 
-A checkpoint holds everything needed to continue bit for bit (its keys: training/state.py). Overwriting ``last.pt`` first moves the previous one to ``last.prev.pt``, so a newest
-file damaged after its write (a full disk, a crashed file system) still leaves one to fall back on.
+A checkpoint holds everything needed to continue bit for bit (its keys: training/state.py). Overwriting
+``last.pt`` first moves the previous one to ``last.prev.pt``, so a newest file damaged after its write (a full
+disk, a crashed file system) still leaves one to fall back on.
 """
 from __future__ import annotations
 
