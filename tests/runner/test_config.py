@@ -164,7 +164,8 @@ def test_the_schema_checks_need_no_layer_above_config():
             "from recondec.config import CONF_DIR, check_schema, register_schema; register_schema(); "
             "ctx = initialize_config_dir(str(CONF_DIR), version_base='1.3'); ctx.__enter__(); "
             "cfg = check_schema(compose('config', overrides=['output_dir=/tmp/x'])); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('recondec.models', 'recondec.data'))))")
+            "print(sorted(m for m in sys.modules if m == 'torch' or "
+            "m.startswith(('recondec.models', 'recondec.data'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
