@@ -7,9 +7,8 @@ import torch
 from recondec.checks import validate
 from recondec.run import build_trainer
 
-from ..conftest import VARIANTS
+from ..conftest import TINY, VARIANTS
 from .test_reliability import EXACT, assert_same_weights, run, weights
-from ..conftest import TINY
 
 STEPS = 2
 
