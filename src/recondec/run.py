@@ -161,7 +161,7 @@ def train_classifier(dict_cfg: DictConfig, overrides: list[str]) -> JobResult:
     return run_job(dict_cfg, JobInfo(overrides=overrides), DistEnv())
 
 
-def _spawned_rank(rank: int, world_size: int, resolved: dict, info: JobInfo) -> Optional[dict]:
+def _spawned_rank(rank: int, world_size: int, resolved: dict, info: JobInfo) -> dict:
     """One of trainer.devices processes (distributed.spawn hands rank 0's return value back to the job)."""
     dict_cfg = OmegaConf.merge(OmegaConf.structured(Config), resolved)
     result = run_rank(dict_cfg, validate(dict_cfg), info, DistEnv(rank, rank, world_size))
@@ -230,8 +230,7 @@ def evaluate_only(trainer: Trainer) -> dict[str, float]:
     metrics = {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
     if trainer.loaders.val_ten_crop is not None:
         metrics.update({f"val/{k}": v for k, v in trainer.evaluate_ten_crop().items()})
-    if trainer.tracker:
-        trainer.tracker.log_metrics(metrics, step=trainer.state.epoch)
+    trainer.tracker.log_metrics(metrics, step=trainer.state.epoch)
     return metrics
 
 

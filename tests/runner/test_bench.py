@@ -26,6 +26,14 @@ def test_format_table_compares_step_time_with_the_flops_ratio():
     assert table["slow"][6] == "24.0%"
 
 
+def test_the_job_loop_and_compiled_columns_show_their_share_of_the_bare_step():
+    rows = [BenchRow("baseline", 100.0, 1.0, 0.3, None, 95.0, 150.0), BenchRow("v", 50.0, 2.0, 0.3, None, 40.0, 50.0)]
+    table = table_rows(format_table(rows))
+    assert table["baseline"][7:] == ["95.0", "95%", "150.0", "1.50x"]
+    assert table["v"][7:] == ["40.0", "80%", "50.0", "1.00x"]
+    assert "job loop img/s" not in format_table([BenchRow("baseline", 100.0, 1.0, 0.3, None)])
+
+
 def test_two_measurements_combine_as_the_mean_step_time():
     row = mean_of_runs(BenchRow("b", 100.0, 1.0, 0.3, 0.3), BenchRow("b", 300.0, 1.0, 0.9, 0.9))
     assert row.img_per_s == pytest.approx(150.0)  # 1/100 s and 1/300 s per image -> 1/150 s on average

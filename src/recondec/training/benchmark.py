@@ -122,7 +122,7 @@ def bench_variant(cfg: DictConfig, steps: int, warmup: int, *, real_loop_uri: Op
 
 def mean_of_runs(a: BenchRow, b: BenchRow) -> BenchRow:
     """Two measurements of the same variant as one: throughput as the harmonic mean (mean step time)."""
-    img_per_s = 2 / (1 / a.img_per_s + 1 / b.img_per_s)
+    img_per_s = _harmonic(a.img_per_s, b.img_per_s)
     scale = img_per_s / a.img_per_s
     return BenchRow(a.variant, img_per_s, a.gflops_fwd, a.tflops * scale, a.mfu * scale if a.mfu else None,
                     _harmonic(a.loop_img_per_s, b.loop_img_per_s),
