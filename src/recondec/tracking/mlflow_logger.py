@@ -128,10 +128,12 @@ class MlflowTracker(Tracker):
 
     def log_reconstructions(self, batch, epoch: int, final: bool) -> None:
         """A grid per level, logged with the epoch as its step (the UI steps through them); the final ones also
-        as reconstructions/<level>.png."""
+        as reconstructions/<level>.png. Written synchronously: a few small PNGs, where MLflow's asynchronous queue
+        would add a thread whose exit waits out its 1 s poll."""
         for level in batch.recons:
             grid = reconstruction_grid(batch.inputs, batch.recons[level], batch.targets[level], level, self.mean)
-            self._call("logging an image", mlflow.log_image, grid, key=f"reconstructions/{level}", step=epoch)
+            self._call("logging an image", mlflow.log_image, grid, key=f"reconstructions/{level}", step=epoch,
+                       synchronous=True)
             if final:
                 self._call("logging an image", mlflow.log_image, grid, artifact_file=f"reconstructions/{level}.png")
 
