@@ -173,7 +173,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compilation)")
     p.add_argument("--real-loop", action="store_true",
                    help="also time the job's own loop (its data loader, metrics, MLflow logging) beside the bare step")
-    p.add_argument("--compile", action="store_true", help="also time the step under torch.compile beside eager")
+    p.add_argument("--compile", action="store_true", help="also time the step with torch.compile off and on, side by side")
 
 
 def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
@@ -197,14 +197,16 @@ def run_train(args: argparse.Namespace) -> None:
         cfgs = compose_variants(args, tmp)
         first = next(iter(cfgs.values()))
         print(f"training step: backbone={first.backbone.name} at {first.backbone.image_size} px, batch "
-              f"{first.schedule.batch_size}, {first.trainer.precision}, {resolve_device(first.trainer.device)}; "
+              f"{first.schedule.batch_size}, {first.trainer.precision}, {resolve_device(first.trainer.device)}, "
+              f"{'compiled' if first.trainer.compile else 'eager'}; "
               f"{args.steps} timed steps after {args.warmup} warm-up")
         rows = []
         uri = f"sqlite:///{tmp}/bench.db" if args.real_loop else None
         for name, cfg in [*cfgs.items(), ("baseline", cfgs["baseline"])]:  # the baseline again at the end
             rows.append(bench_variant(cfg, args.steps, args.warmup, real_loop_uri=uri, compiled=args.compile))
             extra = "".join(f", {label} {value:.1f}" for label, value in (
-                ("job loop", rows[-1].loop_img_per_s), ("compiled", rows[-1].compiled_img_per_s)) if value)
+                ("job loop", rows[-1].loop_img_per_s), ("eager", rows[-1].eager_img_per_s),
+                ("compiled", rows[-1].compiled_img_per_s)) if value)
             print(f"  {name:<16} {rows[-1].img_per_s:10.1f} img/s{extra}", flush=True)
     base_first, base_last = rows[0], rows.pop()
     print(f"baseline first / last: {base_first.img_per_s:.1f} / {base_last.img_per_s:.1f} img/s "

@@ -1,4 +1,5 @@
 """The benchmark commands: training-step throughput and the parameter / FLOPs profile per variant."""
+import argparse
 import re
 
 import pytest
@@ -27,11 +28,24 @@ def test_format_table_compares_step_time_with_the_flops_ratio():
 
 
 def test_the_job_loop_and_compiled_columns_show_their_share_of_the_bare_step():
-    rows = [BenchRow("baseline", 100.0, 1.0, 0.3, None, 95.0, 150.0), BenchRow("v", 50.0, 2.0, 0.3, None, 40.0, 50.0)]
+    rows = [BenchRow("baseline", 100.0, 1.0, 0.3, None, 95.0, 100.0, 150.0),
+            BenchRow("v", 50.0, 2.0, 0.3, None, 40.0, 50.0, 50.0)]
     table = table_rows(format_table(rows))
-    assert table["baseline"][7:] == ["95.0", "95%", "150.0", "1.50x"]
-    assert table["v"][7:] == ["40.0", "80%", "50.0", "1.00x"]
+    assert table["baseline"][7:] == ["95.0", "95%", "100.0", "150.0", "1.50x"]
+    assert table["v"][7:] == ["40.0", "80%", "50.0", "50.0", "1.00x"]
     assert "job loop img/s" not in format_table([BenchRow("baseline", 100.0, 1.0, 0.3, None)])
+
+
+@pytest.mark.parametrize("configured", ["trainer.compile=false", "trainer.compile=true"])
+def test_the_compile_comparison_times_both_modes_whatever_the_config_says(monkeypatch, tmp_path, configured):
+    """The main column is the configured step; --compile adds the other mode, each in its own column."""
+    from recondec.training import benchmark
+
+    monkeypatch.setattr(benchmark, "step_img_per_s", lambda conf, s, w: (300.0 if conf.trainer.compile else 100.0, 1e9))
+    cfg = bench.compose_variants(argparse.Namespace(variants="", overrides=[*BENCH_TINY, configured]), str(tmp_path))
+    row = benchmark.bench_variant(cfg["baseline"], 1, 1, compiled=True)
+    assert (row.eager_img_per_s, row.compiled_img_per_s) == (100.0, 300.0)
+    assert row.img_per_s == (300.0 if configured.endswith("true") else 100.0)
 
 
 def test_two_measurements_combine_as_the_mean_step_time():

@@ -98,6 +98,17 @@ def test_a_short_sgd_trajectory_on_two_ranks_follows_the_one_process_one(one_and
         assert _max_rel_to_max(moved2, moved1) <= GRAD_RTOL, k
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_two_ranks_average_to_the_one_process_gradient(one_and_two_ranks, compose_cfg, tmp_path):
+    """trainer.compile under DDP: the compiled forward-and-loss traces through the DDP wrapper, whose gradient
+    hooks still average across ranks."""
+    one, _ = one_and_two_ranks
+    compiled = _run(compose_cfg, tmp_path, 2, "trainer.compile=true")
+    for k, g1 in one["grads"].items():
+        assert _max_rel_to_max(compiled["grads"][k], g1) <= GRAD_RTOL, k
+
+
 # semi-supervised: 128 labelled images (4 batches of 32) and 64 unlabelled ones (2 batches of 32: the unlabelled
 # stream wraps within the STEPS steps); each rank takes its shard of both streams
 SEMI = ["data.train_limit=192", "data.labelled=128", "schedule.unlabelled_batch_size=32"]

@@ -68,8 +68,12 @@ def test_speed_option_trains_every_variant_as_fp32_does(compose_cfg, variant, op
 ])
 @pytest.mark.timeout(600)
 def test_torch_compile_trains_every_variant_as_eager_does(compose_cfg, variant):
+    from torch._dynamo.utils import counters
+
     ref_losses, ref_update = fp32_steps(compose_cfg, variant)
+    counters.clear()
     losses, update = first_steps(compose_cfg, variant, "trainer.compile=true")
+    assert counters["stats"]["unique_graphs"] >= 1  # the step went through dynamo, not around it
     assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(losses, ref_losses)), (losses, ref_losses)
     assert agreement(update, ref_update) > 0.9999
 

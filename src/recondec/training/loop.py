@@ -57,7 +57,11 @@ class Trainer:
         self.cfg, self.model, self.loss_fn, self.loaders = cfg, model, loss_fn, loaders
         self.device, self.tracker, self.env = device, tracker or Tracker(), env  # Tracker(): logs nothing
         self.quiet = not (cfg.trainer.progress and env.is_main)  # one set of progress bars: rank 0's
-        self.net: torch.nn.Module = model  # what the training step calls: DDP- and/or compile-wrapped
+        self.net: torch.nn.Module = model  # what the training step calls: DDP-wrapped on several ranks
+        # trainer.compile: the step's forward *and* its loss terms as one graph, so the losses' elementwise work
+        # fuses with the model's (an H200, vgg16 swwae_all: eager 28% MFU, model compiled 36%, model+loss 42%).
+        # Guards on the stage and the wrapped net recompile it when a stage changes what the step computes.
+        self._compiled_loss_terms = torch.compile(self._loss_terms) if cfg.trainer.compile else None
         self.stages = plan_stages(cfg.schedule, model.decoder is not None)
         self.total_epochs = self.stages[-1].end_epoch if self.stages else 0
         self.steps_per_epoch = len(loaders.train)
@@ -148,13 +152,10 @@ class Trainer:
 
     def _wrap(self, model: AugmentedNet) -> torch.nn.Module:
         """DDP registers only parameters that require grad, so it is re-wrapped whenever a stage (un)freezes."""
-        net: torch.nn.Module = model
-        if self.env.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if self.cfg.trainer.compile:
-            net = torch.compile(net)
-        return net
+        if not self.env.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict[str, float]:
@@ -272,6 +273,9 @@ class Trainer:
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor] = None) -> dict:
         """The stage's loss terms. With unlabelled images, one forward pass over both batches: the labelled part
         gives cross-entropy and reconstruction, the unlabelled part reconstruction only (the "unlabelled" term)."""
+        return (self._compiled_loss_terms or self._loss_terms)(x, y, xu)
+
+    def _loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor]) -> dict:
         inputs = x if xu is None else torch.cat([x, xu])
         out = self.net(inputs, decode=self.model.decoder is not None, layerwise=self._stage.name == "pretrain")
         if xu is None:
