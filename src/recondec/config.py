@@ -330,7 +330,7 @@ class TrainerConf(Checked):
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: Precision = Precision.fp32
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False               # torch.compile the step (forward and loss terms as one graph); trainer=gpu: on
     deterministic: bool = False         # True: bit-reproducible CPU runs (slower)
     seed: int = 0
     log_every_n_steps: int = 20
