@@ -173,7 +173,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compilation)")
     p.add_argument("--real-loop", action="store_true",
                    help="also time the job's own loop (its data loader, metrics, MLflow logging) beside the bare step")
-    p.add_argument("--compile", action="store_true", help="also time the step with torch.compile off and on, side by side")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the step with torch.compile off and on, side by side")
 
 
 def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
