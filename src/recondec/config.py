@@ -96,6 +96,11 @@ class NonFinite(enum.StrEnum):
     skip = "skip"  # the batch's update is skipped and counted
 
 
+class DeadDecoder(enum.StrEnum):
+    error = "error"  # a decoder whose loss-carrying output does not depend on the input stops the run
+    warn = "warn"    # logged, and the run goes on
+
+
 class DecoderInit(str, enum.Enum):
     reference = "reference"  # the reference prototxts: N(0, 0.001^2) (fc decoders 0.01), biases 0
     he = "he"                # He (Kaiming) normal for the ReLUs that follow, biases 0: torchvision's convention
@@ -226,7 +231,7 @@ class ScheduleConf(Checked):
     train_crop: TrainCrop = TrainCrop.random_resized  # training augmentation of the image-folder loaders
     bias_lr_mult: float = 1.0           # Caffe's lr_mult for biases (2 in the reference VGG recipe)
     bias_decay_mult: float = 1.0        # Caffe's decay_mult for biases (0 in the reference VGG recipe)
-    # semi-supervised (data.labelled): each step also draws this many unlabelled images, which give the
+    # semi-supervised (data.labels_per_class): each step also draws this many unlabelled images, which enter the
     # reconstruction terms only (every stage with a decoder; the baseline ignores them). 0: off
     unlabelled_batch_size: int = 0
     # stage 0: decoder blocks one by one on clean activations (the warm start; 0 epochs = off);
@@ -296,13 +301,18 @@ class DataConf(Checked):
     # 0-1 scale, RGB. null: the pretrained weights' own (torchvision's weights metadata), else ImageNet's
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
-    train_limit: Optional[int] = None   # use only the first N training images (quick runs)
-    # semi-supervised: only N training images (after train_limit) carry labels, the rest are unlabelled (used with
-    # schedule.unlabelled_batch_size > 0, else unused): the first N of a built-in set (stored in random order), a
-    # fixed random N of an image folder (stored class by class); null: every training image is labelled
-    labelled: Optional[int] = None
-    val_limit: Optional[int] = None
-    val_fraction: float = 0.2           # for sets without an official split (digits); the split seed is fixed
+    # built-in sets: training images held out as the validation set (stratified, the same for every run), which
+    # selects (best.pt, LR probes, weights, epochs); the official test set is read once, at the end of a run.
+    # Image folders: null (their val/ folder validates, an optional test/ folder is the test set)
+    val_size: Optional[int] = None
+    train_limit: Optional[int] = None   # use only the first N of the remaining training images (quick runs)
+    # K labelled images per class (stratified, drawn with split_seed); the rest of the training pool is unlabelled
+    # (schedule.unlabelled_batch_size > 0) or unused. null: every training image is labelled
+    labels_per_class: Optional[int] = None
+    split_seed: Optional[int] = None    # which images are labelled; null: trainer.seed (one subset per seed)
+    val_limit: Optional[int] = None     # validate on the first N validation images only
+    test_limit: Optional[int] = None    # test on the first N test images only
+    test_fraction: float = 0.2          # digits (no official split): the share of its images that is the test set
     num_workers: int = 2                # loader workers
     ffcv: FFCVConf = field(default_factory=FFCVConf)
 
@@ -311,18 +321,24 @@ class DataConf(Checked):
 
         _require((self.mean is None or len(self.mean) == 3) and (self.std is None or (len(self.std) == 3 and
                  min(self.std) > 0)), "data.mean/data.std", "null or three values each, std > 0", (self.mean, self.std))
-        _require(0 < self.val_fraction < 1, "data.val_fraction", "a value in (0, 1)", self.val_fraction)
-        _require(self.labelled is None or self.labelled >= 1, "data.labelled",
-                 "null (all labelled) or an integer >= 1 (the first N training images are labelled)", self.labelled)
+        _require(0 < self.test_fraction < 1, "data.test_fraction", "a value in (0, 1)", self.test_fraction)
+        _require(self.labels_per_class is None or self.labels_per_class >= 1, "data.labels_per_class",
+                 "null (all labelled) or an integer >= 1", self.labels_per_class)
         kind = dataset_kind(self.name)
         if kind.builtin:
             _require(self.loader is not Loader.torchvision, "data.loader", "memory or ffcv (the torchvision loader "
                      f"reads image folders; data={self.name} is built in)", self.loader.value)
+            _require(self.val_size is not None and self.val_size >= 1, "data.val_size",
+                     f"an integer >= 1 (data={self.name} holds validation images out of its training split)",
+                     self.val_size)
         else:
             _require(self.loader is not Loader.memory, "data.loader",
                      f"ffcv or torchvision (data={self.name} is an image folder)", self.loader.value)
             _require(self.root is not None and os.path.isdir(str(self.root)), "data.root",
                      "an existing directory (set data.root=/path/to/data)", self.root)
+            _require(self.val_size is None, "data.val_size",
+                     f"null (data={self.name} is an image folder: its val/ folder is the validation set)",
+                     self.val_size)
 
 
 @dataclass
@@ -345,6 +361,13 @@ class TrainerConf(Checked):
     # also evaluate the final model on 10 crops (corners, centre, mirrored) of the 256/224 view: the paper's second
     # protocol
     ten_crop: bool = False
+    test: bool = True                   # evaluate the final model on the test set, once, at the end of the run
+    # the objective's diagnostics at every validation (grad_share/*, encoder/rel_change) use this many fixed
+    # validation batches; the live-decoder guard uses the first
+    diagnostic_batches: int = 2
+    dead_decoder: DeadDecoder = DeadDecoder.error
+    # a loss-carrying reconstruction whose spread over a batch is below this share of its target's is dead
+    dead_decoder_threshold: float = 1e-6
 
     def check(self) -> None:
         # a string, not an enum: cuda:N names one of N devices
@@ -355,6 +378,10 @@ class TrainerConf(Checked):
         _require(self.devices >= 1, "trainer.devices", "an integer >= 1", self.devices)
         _require(self.figures_every_n_epochs >= 1, "trainer.figures_every_n_epochs", "an integer >= 1",
                  self.figures_every_n_epochs)
+        _require(self.diagnostic_batches >= 1, "trainer.diagnostic_batches", "an integer >= 1",
+                 self.diagnostic_batches)
+        _require(0 <= self.dead_decoder_threshold < 1, "trainer.dead_decoder_threshold", "a value in [0, 1)",
+                 self.dead_decoder_threshold)
 
 
 @dataclass
@@ -375,7 +402,9 @@ class ClassifierConf(Checked):
     reused by every job and every later grid with the same settings. epochs=0: off (backbone.pretrained or the
     initialisation is the start)."""
     epochs: int = 0
-    seed: int = 0                       # one classifier for all seeds of a grid: jobs differ only in what they add
+    # null: trainer.seed (one classifier per seed, so a verdict is over classifiers); a number: one classifier shared
+    # by every seed of a grid
+    seed: Optional[int] = None
     schedule: Optional[ScheduleConf] = None  # how it is trained; None: the job's own schedule (its joint stage)
     cache_dir: str = "${repo_root:}/multirun/classifiers"  # <cache_dir>/<key>/: encoder.pt, the run's outputs
 
@@ -457,8 +486,8 @@ def check_schema(cfg: DictConfig) -> Config:
              "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
              obj.classifier.epochs)
     if obj.schedule.unlabelled_batch_size:
-        _require(obj.data.labelled is not None, "schedule.unlabelled_batch_size",
-                 "0 unless data.labelled leaves unlabelled images (set data.labelled=N)",
+        _require(obj.data.labels_per_class is not None, "schedule.unlabelled_batch_size",
+                 "0 unless data.labels_per_class leaves unlabelled images (set data.labels_per_class=K)",
                  obj.schedule.unlabelled_batch_size)
         _require(obj.schedule.unlabelled_batch_size % obj.trainer.devices == 0, "schedule.unlabelled_batch_size",
                  f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)",

@@ -76,11 +76,24 @@ def resume_key(info: JobInfo) -> str:
     return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:16]
 
 
+def pairing_key(cfg: Config) -> str:
+    """What a seed fixes for every arm of a grid: the start (the cached classifier, the given weights, or the seeded
+    initialisation), the held-out and labelled images, the data order. Two runs with equal keys pair: the report
+    compares them seed by seed (a paired test) instead of as independent samples."""
+    d = cfg.data
+    split_seed = cfg.trainer.seed if d.split_seed is None else d.split_seed
+    parts = {"seed": cfg.trainer.seed, "start": cfg.logger.tags.get("classifier_key") or cfg.backbone.pretrained,
+             "data": [d.name, d.root, d.val_size, d.train_limit, d.labels_per_class, split_seed],
+             "batch": cfg.schedule.batch_size, "backbone": [cfg.backbone.name, cfg.backbone.width]}
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
 def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
     from recondec.tracking.mlflow_logger import MlflowTracker
 
     tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
-            "seed": str(cfg.trainer.seed), "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
+            "seed": str(cfg.trainer.seed), "pairing": pairing_key(cfg),
+            "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
             "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **cfg.logger.tags}
     if cfg.schedule.unlabelled_batch_size and cfg.variant.topology != "none":
         tags["arm"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
@@ -226,10 +239,9 @@ def log_final_model(tracker, trainer: Trainer, examples: int = 2) -> None:
 
 
 def evaluate_only(trainer: Trainer) -> dict[str, float]:
-    """study=eval: the reloaded model on the validation set (and on 10 crops with trainer.ten_crop)."""
-    metrics = {f"val/{k}": v for k, v in trainer.evaluate()[0].items()}
-    if trainer.loaders.val_ten_crop is not None:
-        metrics.update({f"val/{k}": v for k, v in trainer.evaluate_ten_crop().items()})
+    """study=eval: the reloaded model on the validation set, the test set (trainer.test) and 10 crops
+    (trainer.ten_crop)."""
+    metrics = {f"val/{k}": v for k, v in trainer.evaluate()[0].items()} | trainer.evaluate_final()
     trainer.tracker.log_metrics(metrics, step=trainer.state.epoch)
     return metrics
 
@@ -245,9 +257,14 @@ def _log_config_files(tracker, dict_cfg: DictConfig, info: JobInfo, output_dir: 
 
 
 def _print_summary(cfg: Config, result: JobResult) -> None:
-    top1 = result.metrics.get("val/top1")
+    from recondec.training.diagnostics import describe_objective
+
+    m = result.metrics
+    top1 = ", ".join(f"{name} {m[key]:.2f}%" for name, key in (("validation", "val/top1"), ("test", "test/top1"))
+                     if key in m) or "not evaluated"
     lines = [f"MLflow run id : {result.run_id}  (experiment '{cfg.logger.experiment}', {cfg.logger.tracking_uri})",
-             f"top-1 (val)   : {top1:.2f}%" if top1 is not None else "top-1 (val)   : not evaluated",
+             f"top-1         : {top1}",
+             f"objective     : {describe_objective(m)}",
              f"outputs       : {result.output_dir.resolve()}",
              "compare runs  : mlflow ui  (from the repository root)"]
     print("\n".join(lines), flush=True)

@@ -80,7 +80,7 @@ def test_ffcv_and_torchvision_give_the_same_kind_of_batches(tree, ffcv_loaders, 
 def test_ten_crop_view_is_the_whole_centre_square_at_256_over_224_scale(ffcv_loaders, tv_loaders):
     side = ten_crop_view_size(SIZE)
     assert side == 37 and ten_crop_view_size(224) == 256
-    views = [_epoch(loaders.val_ten_crop) for loaders in (ffcv_loaders, tv_loaders)]
+    views = [_epoch(loaders.ten_crop) for loaders in (ffcv_loaders, tv_loaders)]
     for view, loaders in zip(views, (ffcv_loaders, tv_loaders)):
         assert [tuple(x.shape) for x, _ in view] == [(BATCH, 3, side, side), (4, 3, side, side)]
         assert _labels(view) == _labels(_epoch(loaders.val))  # the same images in the same order
@@ -162,15 +162,21 @@ def test_a_loader_that_delivers_nothing_times_out():
 
 @timeout
 @pytest.mark.slow
-def test_builtin_set_is_written_on_first_use(tmp_path):
-    data = DataConf(name="digits", loader=Loader.ffcv, num_classes=10, train_limit=100,
-                    ffcv=ffcv_conf(tmp_path, order=Order.quasi_random))
+def test_builtin_set_is_written_on_first_use_and_split_as_the_memory_loader_splits_it(tmp_path):
+    data = DataConf(name="digits", loader=Loader.ffcv, num_classes=10, train_limit=100, val_size=144,
+                    labels_per_class=5, ffcv=ffcv_conf(tmp_path, order=Order.quasi_random))
     loaders = build_loaders(data, SIZE, BATCH, seed=0)
-    assert (tmp_path / "train.beton").is_file() and (tmp_path / "val.beton").is_file()
-    assert (loaders.num_train, loaders.num_val) == (100, 359) and len(loaders.train) == 100 // BATCH
+    assert (tmp_path / "train.beton").is_file() and (tmp_path / "test.beton").is_file()  # validation: in train
+    assert (loaders.num_train, loaders.num_val, loaders.num_test) == (50, 144, 359) and len(loaders.train) == 50 // BATCH
     x, y = next(iter(loaders.train))
     assert x.shape == (BATCH, 3, SIZE, SIZE) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert set(np.unique(_labels(_epoch(loaders.val)))) == set(range(10))
+    # the same images as the memory loader holds out, labels and leaves unlabelled
+    memory = build_loaders(replace(data, loader=Loader.memory), SIZE, BATCH, seed=0).split
+    for part in ("labelled", "val"):
+        assert np.array_equal(getattr(loaders.split, part), getattr(memory, part)), part
+    assert sorted(int(i) for i in loaders.val.loader.indices) == loaders.split.val.tolist()
+    assert not set(loaders.split.val) & {int(i) for i in loaders.train.loader.indices}
 
 
 def test_a_missing_folder_beton_says_how_to_write_it(tmp_path):
@@ -242,11 +248,11 @@ def _rows(loader) -> list[int]:
 @timeout
 @pytest.mark.slow
 def test_image_folder_loaders_split_labelled_and_unlabelled_images_alike(tree):
-    """data.labelled on an image folder (stored class by class): a fixed random share is labelled, the rest is
-    the unlabelled stream; both loaders pick the same images."""
+    """data.labels_per_class on an image folder (stored class by class): K images of every class are labelled, the
+    rest is the unlabelled stream; both loaders pick the same images."""
     split = {}
     for kind in (Loader.torchvision, Loader.ffcv):
-        loaders = build_loaders(replace(folder_conf(*tree, loader=kind), labelled=12), SIZE, BATCH, seed=0,
+        loaders = build_loaders(replace(folder_conf(*tree, loader=kind), labels_per_class=4), SIZE, BATCH, seed=0,
                                 unlabelled_batch_size=4)
         labelled, unlabelled = _rows(loaders.train), _rows(loaders.unlabelled)
         assert loaders.num_train == 12 and len(loaders.unlabelled) == 24 // 4
@@ -255,7 +261,7 @@ def test_image_folder_loaders_split_labelled_and_unlabelled_images_alike(tree):
     assert split[Loader.torchvision][0] == split[Loader.ffcv][0]
     tv = split[Loader.torchvision][1]
     targets = tv.train.loader.dataset.dataset.targets  # ImageFolder's class per row
-    assert len({targets[i] for i in split[Loader.torchvision][0]}) > 1  # not just the first class folder
+    assert sorted(targets[i] for i in split[Loader.torchvision][0]) == [0] * 4 + [1] * 4 + [2] * 4
     x, y = next(iter(tv.unlabelled))
     assert x.shape == (4, 3, SIZE, SIZE) and bool((y == -1).all())
 
@@ -265,7 +271,7 @@ def test_image_folder_loaders_split_labelled_and_unlabelled_images_alike(tree):
 def test_every_loader_is_a_batch_loader_that_skips_the_batches_a_resume_asks_it_to(ffcv_loaders, tv_loaders):
     from recondec.data import BatchLoader
 
-    memory = build_loaders(DataConf(name="digits", num_classes=10), SIZE, BATCH, seed=0).train
+    memory = build_loaders(DataConf(name="digits", num_classes=10, val_size=144), SIZE, BATCH, seed=0).train
     for loader in (memory, ffcv_loaders.train, tv_loaders.train, ffcv_loaders.val, tv_loaders.val):
         assert isinstance(loader, BatchLoader), type(loader)
         loader.set_epoch(3)

@@ -109,9 +109,9 @@ def test_compiled_two_ranks_average_to_the_one_process_gradient(one_and_two_rank
         assert _max_rel_to_max(compiled["grads"][k], g1) <= GRAD_RTOL, k
 
 
-# semi-supervised: 128 labelled images (4 batches of 32) and 64 unlabelled ones (2 batches of 32: the unlabelled
-# stream wraps within the STEPS steps); each rank takes its shard of both streams
-SEMI = ["data.train_limit=192", "data.labelled=128", "schedule.unlabelled_batch_size=32"]
+# semi-supervised: 130 labelled images (13 per class: 4 batches of 32) and 126 unlabelled ones (3 batches of 32: the
+# unlabelled stream wraps within the STEPS steps); each rank takes its shard of both streams
+SEMI = ["data.train_limit=256", "data.labels_per_class=13", "schedule.unlabelled_batch_size=32"]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from recondec.training.schedule import plan_stages
 
 from ..conftest import TINY
 
-SGD = ["schedule=vgg_finetune", "schedule.batch_size=32", "schedule.pretrain.probe_steps=20",
+SGD = ["backbone.decoder_init=reference", "schedule=vgg_finetune", "schedule.batch_size=32", "schedule.pretrain.probe_steps=20",
        "schedule.pretrain.probe_batches=2", "schedule.pretrain.lr_candidates=[10,1,0.1,0.01,0.001,1e-4,1e-5]"]
 
 
@@ -90,7 +90,7 @@ def test_probe_refuses_a_learning_rate_that_kills_the_module():
     losses = [lambda x=x, t=t: euclidean(block(x), t, LossForm.reference) for x, t in data]
 
     def spread():
-        return input_dependence([block(x) for x, _ in data])
+        return {"output": input_dependence([block(x) for x, _ in data])}
 
     blind, _ = probe_lr(block, losses, [10.0, 1.0, 0.1, 0.01], 10, ScheduleConf())
     seeing, drops = probe_lr(block, losses, [10.0, 1.0, 0.1, 0.01], 10, ScheduleConf(), spread)

@@ -40,7 +40,7 @@ def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_pat
     (run,) = runs_of(tmp_path / "mlflow.db", "tiny")
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert run.data.tags["mlflow.runName"] == ",".join(o for o in overrides if not o.startswith("logger."))
-    assert run.data.params["variant.name"] == variant and run.data.params["loss.weights.image"] == "0.0001"
+    assert run.data.params["variant.name"] == variant and run.data.params["loss.weights.image"] == "0.1"
     assert run.data.params["variant.unpool"] in ("fixed", "switch")  # enum values, not "Unpool.fixed"
     metrics = set(run.data.metrics)
     assert {"val/top1", "val/top5", "train/loss/ce", "train/loss/total", "train/img_per_s", "train/lr"} <= metrics
@@ -146,3 +146,27 @@ def test_multirun_of_two_jobs_gives_two_child_runs_of_one_parent(tmp_path):
     assert sorted(r.data.tags["mlflow.runName"].split(",")[0] for r in runs) == ["variant=sae_all", "variant=swwae"]
     assert len({r.data.tags["mlflow.runName"] for r in runs}) == 2
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_validation_selects_and_the_test_set_is_read_once_at_the_end(compose_cfg, tmp_path, monkeypatch):
+    from recondec.training.loop import Trainer
+
+    reads = []
+    evaluate = Trainer.evaluate
+
+    def recording(self, loader=None, ssim=True, desc="validate"):
+        reads.append(("test" if loader is self.loaders.test else "val", self.state.epoch))
+        return evaluate(self, loader, ssim, desc)
+
+    monkeypatch.setattr(Trainer, "evaluate", recording)
+    overrides = [*TINY, "variant=sae_first", "schedule.joint.epochs=3", "logger.experiment=split"]
+    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    assert reads == [("val", 1), ("val", 2), ("val", 3), ("val", 4), ("test", 4)]  # the test set: once, at the end
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for key in ("test/top1", "test/top5", "test/psnr/image", "test/mse/image", "test/ssim/image"):
+        assert [m.step for m in client.get_metric_history(result.run_id, key)] == [4], key
+    # best.pt is the epoch with the best validation top-1 (the first of equals), whatever the test set says
+    val = [m.value for m in sorted(client.get_metric_history(result.run_id, "val/top1"), key=lambda m: m.step)]
+    best = torch.load(result.checkpoint.parent / "best.pt", weights_only=False)
+    assert best["epoch"] == 1 + val.index(max(val)) and best["best_top1"] == max(val)
+    assert result.metrics["test/top1"] == client.get_metric_history(result.run_id, "test/top1")[0].value

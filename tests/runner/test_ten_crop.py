@@ -28,16 +28,18 @@ def test_ten_crop_metrics_are_logged_at_the_end_and_by_the_eval_study(compose_cf
     train = [*TINY, "variant=sae_first", "trainer.ten_crop=true", "logger.experiment=tencrop"]
     r1 = run_job(compose_cfg(*train), JobInfo(overrides=train))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    history = client.get_metric_history(r1.run_id, "val/top1_10crop")
+    history = client.get_metric_history(r1.run_id, "test/top1_10crop")  # on the test set, as the single crop
     assert [m.step for m in history] == [2]  # once, after the last epoch
-    assert 0 <= r1.metrics["val/top1_10crop"] <= r1.metrics["val/top5_10crop"] <= 100
+    assert 0 <= r1.metrics["test/top1_10crop"] <= r1.metrics["test/top5_10crop"] <= 100
+    assert "val/top1_10crop" not in r1.metrics
     ev = [*TINY, "variant=sae_first", "trainer.ten_crop=true", "study=eval", f"resume={r1.checkpoint}",
           "logger.experiment=tencrop"]
     r2 = run_job(compose_cfg(*ev), JobInfo(overrides=ev))
     assert r2.run_id != r1.run_id  # an evaluation is a run of its own, the training run is left as it was
-    assert r2.metrics["val/top1_10crop"] == pytest.approx(r1.metrics["val/top1_10crop"])
+    assert r2.metrics["test/top1_10crop"] == pytest.approx(r1.metrics["test/top1_10crop"])
+    assert r2.metrics["test/top1"] == pytest.approx(r1.metrics["test/top1"])
     assert r2.metrics["val/top1"] == pytest.approx(r1.metrics["val/top1"])
     runs = {r.info.run_id: r for r in runs_of(tmp_path / "mlflow.db", "tencrop")}
-    assert runs[r2.run_id].data.metrics["val/top1_10crop"] == pytest.approx(r2.metrics["val/top1_10crop"])
+    assert runs[r2.run_id].data.metrics["test/top1_10crop"] == pytest.approx(r2.metrics["test/top1_10crop"])
     assert runs[r2.run_id].data.params["study"] == "eval"
     assert [m.step for m in client.get_metric_history(r1.run_id, "val/top1")] == [1, 2]

@@ -26,7 +26,8 @@ def test_finetune_preset_is_the_papers_protocol(compose_cfg):
     assert (s.optimizer.value, s.momentum, s.weight_decay, s.bias_lr_mult, s.bias_decay_mult) == \
         ("sgd", 0.9, 5e-4, 2.0, 0.0)
     assert s.pretrain.epochs > 0 and s.decoder.freeze_encoder and s.decoder.epochs > 0 and s.joint.epochs > 0
-    assert validate(compose_cfg("experiment=finetune_fmnist_low")).data.train_limit == 1000
+    low = validate(compose_cfg("experiment=finetune_fmnist_low")).data
+    assert (low.labels_per_class, low.train_limit) == (100, None)
 
 
 @pytest.fixture
@@ -82,6 +83,20 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
     assert len(list((tmp_path / "classifiers").glob("*/encoder.pt"))) == 2
 
 
+def test_one_classifier_per_seed_unless_one_is_shared(compose_cfg):
+    from recondec.studies.classifier import classifier_key
+
+    def key(*overrides):
+        return classifier_key(compose_cfg("experiment=finetune_fmnist", *overrides))
+
+    assert key("trainer.seed=0") != key("trainer.seed=1")  # a verdict over classifiers, not about one
+    assert key("trainer.seed=0", "variant=baseline") == key("trainer.seed=0", "variant=swwae_all")
+    assert key("trainer.seed=0", "classifier.seed=0") == key("trainer.seed=1", "classifier.seed=0")
+    # a few-label grid's classifier learns from the seed's own labelled subset
+    low = "experiment=finetune_fmnist_low"
+    assert key(low, "trainer.seed=0", "classifier.seed=7") != key(low, "trainer.seed=1", "classifier.seed=7")
+
+
 def test_a_given_classifier_and_a_trained_one_conflict(compose_cfg, tmp_path):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"")
@@ -95,7 +110,7 @@ def test_semi_supervised_rows_share_the_low_label_regimes_classifier_and_experim
 
     low, semi = compose_cfg("experiment=finetune_fmnist_low"), compose_cfg("experiment=finetune_fmnist_semi")
     assert classifier_key(low) == classifier_key(semi) != classifier_key(compose_cfg("experiment=finetune_fmnist"))
-    assert (semi.data.labelled, semi.data.train_limit, semi.schedule.unlabelled_batch_size) == (1000, None, 64)
+    assert (semi.data.labels_per_class, semi.data.train_limit, semi.schedule.unlabelled_batch_size) == (100, None, 64)
     assert semi.logger.experiment == low.logger.experiment  # one report holds both
     assert OmegaConf.to_container(semi.schedule.joint) == OmegaConf.to_container(low.schedule.joint)
     params = compose_cfg("experiment=finetune_fmnist_semi", return_hydra_config=True).hydra.sweeper.params

@@ -1,13 +1,22 @@
-"""The report's numbers are exactly what MLflow stores, aggregated over seeds."""
+"""The report's numbers are exactly what MLflow stores, aggregated over seeds, and its statistics are the tests
+that fit the grid's design: paired where the seeds pair the runs, Holm over the verdicts' p-values, and the
+minimum detectable effect from the noncentral t distribution."""
+import math
 from statistics import mean, stdev
 
 import mlflow
 import pytest
+from scipy import stats
 
 from recondec.tracking.mlflow_logger import set_experiment
-from recondec.tracking.report import Stat, collect, compare, finished_runs, holm, verdict, write_report
+from recondec.tracking.report import Stat, collect, compare, finish_family, finished_runs, verdict, write_report
+from recondec.tracking.stats import minimum_detectable_effect, paired_test, power, seeds_for_power, welch_test
 
 TOP1 = {"baseline": [90.0, 90.5, 91.0], "swwae_all": [93.0, 93.2, 92.9], "sae_first": [90.2, 91.1, 89.9]}
+
+
+def pairing(seed) -> str:
+    return f"start{seed}"
 
 
 @pytest.fixture
@@ -16,93 +25,138 @@ def store(tmp_path):
     mlflow.set_tracking_uri(uri)
     set_experiment(uri, "grid")  # artifacts beside the temp database, never in the working folder
     with mlflow.start_run(tags={"variant": "swwae_all", "seed": "0"}):  # an earlier grid's run: superseded
-        mlflow.log_metric("val/top1", 50.0)
+        mlflow.log_metric("test/top1", 50.0)
     with mlflow.start_run(tags={"variant": "baseline", "seed": "0", "role": "classifier"}):  # a cached classifier
-        mlflow.log_metric("val/top1", 60.0)
+        mlflow.log_metric("test/top1", 60.0)
     for variant, values in TOP1.items():
         for seed, top1 in enumerate(values):
-            with mlflow.start_run(tags={"variant": variant, "seed": str(seed)}):
+            with mlflow.start_run(tags={"variant": variant, "seed": str(seed), "pairing": pairing(seed)}):
                 mlflow.log_metrics({"val/top1": top1 - 1, "val/top5": 99.0}, step=1)  # an earlier epoch
-                mlflow.log_metrics({"val/top1": top1, "val/top5": 99.5 + seed / 10, "val/mse/image": 0.01 * (seed + 1),
-                                    "train/img_per_s": 100.0 + seed, "val/top1_10crop": top1 + 0.5}, step=2)
+                mlflow.log_metrics({"val/top1": 99.0, "test/top1": top1, "test/top5": 99.5 + seed / 10,
+                                    "test/mse/image": 0.01 * (seed + 1), "train/img_per_s": 100.0 + seed,
+                                    "test/top1_10crop": top1 + 0.5, "encoder/rel_change": 0.1 * (seed + 1),
+                                    "grad_share/recon/first_conv": 0.2}, step=2)
     for seed, top1 in enumerate([94.0, 94.3, 94.1]):  # semi-supervised runs: a row of their own
-        with mlflow.start_run(tags={"variant": "swwae_all", "arm": "swwae_all+unlabelled", "seed": str(seed)}):
-            mlflow.log_metrics({"val/top1": top1}, step=2)
+        with mlflow.start_run(tags={"variant": "swwae_all", "arm": "swwae_all+unlabelled", "seed": str(seed),
+                                    "pairing": pairing(seed)}):
+            mlflow.log_metrics({"test/top1": top1}, step=2)
     with mlflow.start_run(tags={"variant": "baseline"}) as failed:
-        mlflow.log_metric("val/top1", 10.0)
+        mlflow.log_metric("test/top1", 10.0)
     mlflow.MlflowClient(uri).set_terminated(failed.info.run_id, "FAILED")
     return uri
 
 
-def test_report_aggregates_the_last_values_mlflow_stores(store, tmp_path):
+def test_report_aggregates_the_last_test_values_mlflow_stores(store, tmp_path):
     runs = finished_runs(store, "grid")
     assert len(runs) == 12  # the FAILED run, the superseded one and the classifier's are left out
     table = collect(runs)
     for variant, values in TOP1.items():
-        assert table[variant]["val/top1"].mean == pytest.approx(mean(values))
-        assert table[variant]["val/top1"].std == pytest.approx(stdev(values))
-    assert table["baseline"]["val/mse/image"].mean == pytest.approx(0.02)
+        assert table[variant]["test/top1"].mean == pytest.approx(mean(values))
+        assert table[variant]["test/top1"].std == pytest.approx(stdev(values))
+    assert table["baseline"]["test/mse/image"].mean == pytest.approx(0.02)
     path, run_id = write_report(store, "grid", tmp_path / "out")
     text = path.read_text()
+    assert "Numbers from the test set" in text and "99.00" not in text  # the validation top-1 selects, never reports
     assert f"{mean(TOP1['swwae_all']):.2f} ± {stdev(TOP1['swwae_all']):.2f}" in text
     assert "| top-1 10-crop (%) |" in text.splitlines()[4]
     assert f"{mean(TOP1['swwae_all']) + 0.5:.2f} ± {stdev(TOP1['swwae_all']):.2f}" in text
+    assert "| baseline | 3 | 20.00 ± 0.00 | 20.00 ± 10.00 |" in text  # the diagnostics table, in %
+    # the seeds pair the runs: the verdict is the paired test's
+    c = compare(table["swwae_all"]["test/top1"], table["baseline"]["test/top1"])
+    d = [b - a for a, b in zip(TOP1["baseline"], TOP1["swwae_all"])]
+    assert c.design == "paired" and c.p == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    row = next(line for line in text.splitlines() if line.startswith("| swwae_all | paired over 3 seeds"))
+    assert f"| {c.diff:+.2f} | [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] |" in row
     assert "no difference from the baseline detected" in text.split("**sae_first**")[1].splitlines()[0]
     assert "beats the baseline" in text.split("**swwae_all**")[1].splitlines()[0]
-    c = compare(table["swwae_all"]["val/top1"], table["baseline"]["val/top1"])  # the report's row, from MLflow
-    assert f"| swwae_all | {c.diff:+.2f} | [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] | {c.p:.3g} |" in text
     assert (tmp_path / "out" / "accuracy_per_variant.png").stat().st_size > 1000
     summary = mlflow.get_run(run_id)
     assert summary.data.tags["summary"] == "true"
     assert summary.info.experiment_id == mlflow.get_experiment_by_name("grid").experiment_id
-    assert summary.data.metrics["swwae_all/val/top1_mean"] == pytest.approx(mean(TOP1["swwae_all"]))
+    assert summary.data.metrics["swwae_all/test/top1_mean"] == pytest.approx(mean(TOP1["swwae_all"]))
     assert len(finished_runs(store, "grid")) == 12  # the summary run never counts as a variant run
     # the semi-supervised row, against the baseline and against the same variant without unlabelled images
-    assert table["swwae_all+unlabelled"]["val/top1"].mean == pytest.approx(94.133333)
+    assert table["swwae_all+unlabelled"]["test/top1"].mean == pytest.approx(94.133333)
     own = text.split("against the same variant without them")[1]
     assert "**swwae_all+unlabelled** beats the variant without unlabelled images" in own
 
 
-def test_comparison_statistics_are_scipys_welch_and_paired_tests():
-    from scipy import stats
-
-    v = Stat({"0": 93.0, "1": 93.2, "2": 92.9, "3": 93.4})
-    base = Stat({"0": 90.0, "1": 90.5, "2": 91.0, "4": 90.2})
-    c = compare(v, base)
-    welch = stats.ttest_ind(v.values, base.values, equal_var=False)
-    assert c.diff == pytest.approx(mean(v.values) - mean(base.values))
-    assert c.p == pytest.approx(welch.pvalue)
-    low, high = welch.confidence_interval(0.95)
-    assert c.ci == pytest.approx((low, high))
-    d = [3.0, 2.7, 1.9]  # seeds 0, 1, 2 are shared
-    assert (c.n_pairs, c.paired_diff) == (3, pytest.approx(mean(d)))
-    assert c.paired_p == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
-    assert c.paired_ci == pytest.approx(tuple(stats.ttest_1samp(d, 0.0).confidence_interval(0.95)))
+def test_runs_that_do_not_pair_get_welchs_test_and_the_report_says_so():
+    row = Stat({"0": 93.0, "1": 93.2, "2": 92.9}, {"0": "a0", "1": "a1", "2": "a2"})
+    base = Stat({"0": 90.0, "1": 90.5, "2": 91.0}, {"0": "a0", "1": "other classifier", "2": "a2"})
+    c = compare(row, base)
+    assert c.design == "unpaired" and c.unpaired_seeds == ["1"]
+    assert c.p == pytest.approx(stats.ttest_ind(row.values, base.values, equal_var=False).pvalue)
+    finish_family({"row": c})
+    assert "seed(s) 1 do not pair" in verdict(c)
 
 
-def test_holm_adjusts_for_the_variants_compared():
-    base = Stat(dict(enumerate([0.0, 0.1, -0.1, 0.05])))
+def test_paired_and_welch_tests_are_scipys():
+    a, b = [93.0, 93.2, 92.9, 93.4], [90.0, 90.5, 91.0, 90.2]
+    welch = welch_test(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert welch.p == pytest.approx(ref.pvalue) and welch.ci == pytest.approx(tuple(ref.confidence_interval(0.95)))
+    d = [x - y for x, y in zip(a, b)]
+    paired = paired_test(d)
+    ref = stats.ttest_1samp(d, 0.0)
+    assert paired.p == pytest.approx(ref.pvalue) and paired.ci == pytest.approx(tuple(ref.confidence_interval(0.95)))
+
+
+def test_the_mde_is_where_the_noncentral_t_gives_80_percent_power():
+    sd, n, alpha = 0.4, 6, 0.05 / 6
+    se, df = sd / math.sqrt(n), n - 1
+    mde = minimum_detectable_effect(se, df, alpha)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    by_scipy = stats.nct.sf(crit, df, mde / se) + stats.nct.cdf(-crit, df, mde / se)
+    assert by_scipy == pytest.approx(0.8, abs=1e-6)
+    assert power(mde * 1.1, se, df, alpha) > 0.8 > power(mde * 0.9, se, df, alpha)
+    # a simulated paired design with that true difference is detected in about 80 % of grids
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    hits = [stats.ttest_1samp(rng.normal(mde, sd, n), 0).pvalue < alpha for _ in range(4000)]
+    assert abs(np.mean(hits) - 0.8) < 0.03
+    # the seeds a pilot's spread asks for: the fewest that reach 80 %
+    n_needed = seeds_for_power(sd, mde, alpha)
+    assert n_needed == n or power(mde, sd / math.sqrt(n_needed - 1), n_needed - 2, alpha) < 0.8
+    assert minimum_detectable_effect(float("nan"), 2, 0.05) != minimum_detectable_effect(float("nan"), 2, 0.05)
+
+
+def test_holm_adjusts_the_p_values_the_verdicts_use_and_the_mde_uses_the_familys_alpha():
+    base = Stat(dict(enumerate([0.0, 0.1, -0.1, 0.05])), {i: str(i) for i in range(4)})
     rows = {"a": [0.3, 0.2, 0.1, 0.25], "b": [1.0, 1.1, 0.9, 1.05], "c": [0.0, 0.1, -0.1, 0.06]}
-    comps = {name: compare(Stat(dict(enumerate(v))), base) for name, v in rows.items()}
-    holm(comps)
+    comps = {name: compare(Stat(dict(enumerate(v)), {i: str(i) for i in range(4)}), base) for name, v in rows.items()}
+    assert {c.design for c in comps.values()} == {"paired"}
+    finish_family(comps)
     ranked = sorted(comps.values(), key=lambda c: c.p)
     assert ranked[0].p_holm == pytest.approx(min(1, 3 * ranked[0].p))
     assert ranked[1].p_holm == pytest.approx(max(ranked[0].p_holm, min(1, 2 * ranked[1].p)))
     assert ranked[2].p_holm == pytest.approx(max(ranked[1].p_holm, ranked[2].p))
+    for c in comps.values():
+        assert c.family == 3 and c.mde == pytest.approx(minimum_detectable_effect(c.test.se, c.test.df, 0.05 / 3))
 
 
-def test_verdicts_follow_the_interval():
+def test_verdicts_follow_holms_p_and_say_what_the_seeds_could_miss():
     base = Stat({"0": 90.0, "1": 90.1, "2": 89.9})
-    assert "one seed" in verdict(compare(Stat({"0": 91.0}), Stat({"0": 90.0})))
-    assert verdict(compare(Stat({"0": 80.0, "1": 80.1, "2": 79.9}), base)).startswith("is worse than the baseline")
-    assert verdict(compare(Stat({"0": 92.0, "1": 92.1, "2": 91.9}), base)).startswith("beats the baseline")
-    same = compare(Stat({"0": 90.3, "1": 89.8, "2": 90.0}), base)
-    assert same.ci[0] < 0 < same.ci[1] and verdict(same).startswith("no difference from the baseline detected")
+    one = compare(Stat({"0": 91.0}), Stat({"0": 90.0}))
+    assert "one seed" in verdict(one)
+
+    def judged(values):
+        c = compare(Stat(dict(zip("012", values))), base)
+        finish_family({"x": c})
+        return c
+
+    assert verdict(judged([80.0, 80.1, 79.9])).startswith("is worse than the baseline")
+    assert verdict(judged([92.0, 92.1, 91.9])).startswith("beats the baseline")
+    same = judged([90.3, 89.8, 90.0])
+    text = verdict(same)
+    assert same.ci[0] < 0 < same.ci[1] and text.startswith("no difference from the baseline detected")
+    assert f"a true difference of {same.mde:.2f} points with 80% power" in text
     # significant alone, not once adjusted for six comparisons
-    borderline = compare(Stat({"0": 90.3, "1": 90.2, "2": 90.5}), base)
+    borderline = judged([90.3, 90.2, 90.5])
     assert borderline.p < 0.05
     borderline.p_holm = min(1.0, 6 * borderline.p)
-    assert "not after Holm's correction" in verdict(borderline) or borderline.p_holm < 0.05
+    assert verdict(borderline).startswith("no difference from the baseline detected after Holm's correction")
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path):

@@ -9,7 +9,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from recondec.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, DataConf, Loader, TrainCrop, dataset_kind
+from recondec.config import IMAGENET_MEAN, IMAGENET_STD, DataConf, Loader, TrainCrop
+from recondec.data.splits import TrainingSplit
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -19,20 +20,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 UNLABELLED_SEED = 7_919  # the unlabelled stream's order: its own seed, never the labelled stream's
-SPLIT_SEED = 0  # which images of an image folder are labelled: fixed, the same for every job and seed
-
-
-def labelled_split(n: int, data: DataConf) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """The indices (sorted) of the labelled and the unlabelled training images for data.labelled = N, or
-    (None, None) when all are labelled. Built-in sets are stored in random order: their first N images are
-    labelled (as data.train_limit=N takes them). Image folders are stored class by class: a fixed random N."""
-    if data.labelled is None:
-        return None, None
-    if data.labelled > n:
-        raise ConfigError(f"data.labelled={data.labelled} is invalid: allowed at most {n}, the training images "
-                          "(after data.train_limit)")
-    order = np.arange(n) if dataset_kind(data.name).builtin else np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(order[:data.labelled]), np.sort(order[data.labelled:])
 
 
 @runtime_checkable
@@ -53,11 +40,19 @@ class BatchLoader(Protocol):
 @dataclass
 class Loaders:
     train: BatchLoader
-    val: BatchLoader
+    val: BatchLoader                            # selects: best.pt, LR probes, the diagnostics' fixed batches
     num_train: int
     num_val: int
-    val_ten_crop: Optional[BatchLoader] = None  # the uncropped validation view 10-crop evaluation cuts crops from
+    split: Optional[TrainingSplit]              # which training images are labelled, unlabelled, validation
+    test: Optional[BatchLoader] = None          # read once, at the end of a run (None: the data set has none)
+    num_test: int = 0
+    # the uncropped view 10-crop evaluation cuts crops from: of the test set when there is one, else validation
+    ten_crop: Optional[BatchLoader] = None
     unlabelled: Optional[BatchLoader] = None    # semi-supervised: the images without labels (labels -1), own order
+
+    @property
+    def ten_crop_split(self) -> str:
+        return "test" if self.test is not None else "val"
 
 
 def ten_crop_view_size(image_size: int) -> int:
@@ -68,27 +63,17 @@ def ten_crop_view_size(image_size: int) -> int:
 def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
                   rank: int = 0, world_size: int = 1, ten_crop: bool = False,
                   train_crop: TrainCrop = TrainCrop.random_resized, unlabelled_batch_size: int = 0) -> Loaders:
-    """Train and val loaders; with ten_crop, also a val loader of whole images at ten_crop_view_size
-    (the shorter side resized to it, then its centre square). `train_crop` is the image-folder loaders'
-    training augmentation; the built-in sets (memory loader) are not augmented."""
+    """Train, validation and test loaders (data/splits.py says which images each holds); with ten_crop, also a
+    loader of whole test (else validation) images at ten_crop_view_size (the shorter side resized to it, then its
+    centre square). `train_crop` is the image-folder loaders' training augmentation; the built-in sets (memory
+    loader) are not augmented."""
     if data.mean is None or data.std is None:  # a DataConf made without validate(): ImageNet's normalisation
         data = replace(data, mean=data.mean or IMAGENET_MEAN, std=data.std or IMAGENET_STD)
     if data.loader is Loader.memory:
-        from recondec.data.builtin import limit, load_builtin, split_labelled
-        from recondec.data.memory import MemoryLoader
+        from recondec.data.memory import build_memory_loaders
 
-        train, val = load_builtin(data.name, data.root, data.val_fraction)
-        train, val = limit(train, data.train_limit), limit(val, data.val_limit)
-        train, unlabelled = split_labelled(train, *labelled_split(len(train.labels), data))
-        common = dict(batch_size=batch_size, mean=data.mean, std=data.std, rank=rank, world_size=world_size)
-        loaders = Loaders(MemoryLoader(train, image_size, shuffle=True, seed=seed, drop_last=True, **common),
-                          MemoryLoader(val, image_size, shuffle=False, **common), len(train.labels), len(val.labels))
-        if unlabelled is not None and unlabelled_batch_size and len(unlabelled.labels):
-            loaders.unlabelled = MemoryLoader(unlabelled, image_size, shuffle=True, seed=seed + UNLABELLED_SEED,
-                                              drop_last=True, **{**common, "batch_size": unlabelled_batch_size})
-        if ten_crop:
-            loaders.val_ten_crop = MemoryLoader(val, ten_crop_view_size(image_size), shuffle=False, **common)
-        return loaders
+        return build_memory_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size,
+                                    ten_crop=ten_crop, unlabelled_batch_size=unlabelled_batch_size)
     if data.loader is Loader.ffcv:
         from recondec.data.ffcv_loader import build_ffcv_loaders
 

@@ -29,7 +29,6 @@ from recondec.config import REPO_ROOT, DataConf, FFCVConf, dataset_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 VAL_LABEL_FILES = ("val_labels.txt", "val.txt")  # for a flat val/ folder: "<file name> <class index>" per line
-SPLITS = ("train", "val")
 SMART_THRESHOLD = 3 * 96 * 96  # write_mode=smart: raw pixels up to ~96x96 (decoding is a copy), JPEG above
 MIN_PAGE = 1 << 21             # ffcv's minimum page size (2 MiB)
 LARGE_SET_PAGE = 1 << 23       # ffcv's default (8 MiB), for sets where the file size does not matter
@@ -471,15 +470,33 @@ def prepare_command(data: DataConf) -> str:
     return f"python src/prepare.py data={data.name}{root}"
 
 
+def beton_splits(data: DataConf) -> tuple[str, ...]:
+    """The .beton files of a data set: a built-in set's training source and test set (its validation images are
+    indices into train.beton); an image folder's train/ and val/, and test/ where the tree has one."""
+    if dataset_kind(data.name).builtin:
+        return ("train", "test")
+    has_test = data.root is not None and (Path(data.root) / "test").is_dir()
+    return ("train", "val", "test") if has_test else ("train", "val")
+
+
+def beton_labels(path: str | Path) -> np.ndarray:
+    """The label of every sample of a .beton (its second field), read from the file's metadata."""
+    from ffcv.reader import Reader
+
+    return np.asarray(Reader(str(path)).metadata["f1"]).astype(np.int64).reshape(-1)
+
+
 def write_dataset(data: DataConf) -> dict[str, WriteResult]:
-    """Write (or confirm up to date) train.beton and val.beton of data set `data` into beton_dir(data)."""
+    """Write (or confirm up to date) every .beton of data set `data` (beton_splits) into beton_dir(data). Every split
+    of an image folder is listed, and its classes checked against train/'s, before anything is written."""
+    splits = beton_splits(data)
     if dataset_kind(data.name).builtin:
         from recondec.data.builtin import load_builtin
 
-        splits = dict(zip(SPLITS, load_builtin(data.name, data.root, data.val_fraction)))
-        return {s: write_arrays(splits[s].images, splits[s].labels, beton_path(data, s), data.ffcv) for s in SPLITS}
+        arrays = dict(zip(splits, load_builtin(data.name, data.root, data.test_fraction)))
+        return {s: write_arrays(arrays[s].images, arrays[s].labels, beton_path(data, s), data.ffcv) for s in splits}
     if not data.root:
         raise ValueError(f"data.root is not set: {prepare_command(data)}")
     classes = list_classes(Path(data.root) / "train")
-    return {s: write_listing(list_split(data.root, s, classes), beton_path(data, s), data.ffcv, desc=s)
-            for s in SPLITS}
+    listings = {s: list_split(data.root, s, classes) for s in splits}  # raises before any file is written
+    return {s: write_listing(listings[s], beton_path(data, s), data.ffcv, desc=s) for s in splits}

@@ -17,7 +17,7 @@ import numpy as np
 from recondec.config import REPO_ROOT
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-SPLIT_SEED = 0  # the digits train/val split never depends on the training seed
+SPLIT_SEED = 0  # the digits train/test split never depends on the training seed
 
 
 @dataclass
@@ -36,22 +36,22 @@ def _gray_to_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(images[..., None], 3, axis=-1)
 
 
-def load_digits(val_fraction: float = 0.2) -> tuple[ArraySplit, ArraySplit]:
-    """scikit-learn's 1797 8x8 digits, 0-16 scaled to 0-255, split by class with a fixed seed."""
+def load_digits(test_fraction: float = 0.2) -> tuple[ArraySplit, ArraySplit]:
+    """scikit-learn's 1797 8x8 digits, 0-16 scaled to 0-255: (train, test), split by class with a fixed seed."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     labels = bunch.target.astype(np.int64)
     rng = np.random.default_rng(SPLIT_SEED)
-    val_idx = []
-    for c in np.unique(labels):  # stratified: every class keeps the same val fraction
+    test_idx = []
+    for c in np.unique(labels):  # stratified: every class keeps the same test fraction
         idx = np.flatnonzero(labels == c)
-        val_idx.extend(rng.choice(idx, size=max(1, round(len(idx) * val_fraction)), replace=False))
-    is_val = np.zeros(len(labels), dtype=bool)
-    is_val[val_idx] = True
+        test_idx.extend(rng.choice(idx, size=max(1, round(len(idx) * test_fraction)), replace=False))
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test_idx] = True
     rgb = _gray_to_rgb(images)
-    return ArraySplit(rgb[~is_val], labels[~is_val]), ArraySplit(rgb[is_val], labels[is_val])
+    return ArraySplit(rgb[~is_test], labels[~is_test]), ArraySplit(rgb[is_test], labels[is_test])
 
 
 def _read_idx(path: str, offset: int) -> np.ndarray:
@@ -107,9 +107,10 @@ def source_folder(name: str, root: Optional[str]) -> Optional[str]:
     return root
 
 
-def load_builtin(name: str, root: str | None = None, val_fraction: float = 0.2) -> tuple[ArraySplit, ArraySplit]:
+def load_builtin(name: str, root: str | None = None, test_fraction: float = 0.2) -> tuple[ArraySplit, ArraySplit]:
+    """(the training source, the test set) of a built-in set; the validation set is cut from the first (splits.py)."""
     if name == "digits":
-        return load_digits(val_fraction)
+        return load_digits(test_fraction)
     if name == "fashion_mnist":
         return load_fashion_mnist(root)
     raise ValueError(f"data.name={name!r} is not a built-in data set: allowed digits, fashion_mnist")
@@ -119,11 +120,8 @@ def limit(split: ArraySplit, n: int | None) -> ArraySplit:
     return split if n is None else ArraySplit(split.images[:n], split.labels[:n])
 
 
-def split_labelled(split: ArraySplit, labelled: Optional[np.ndarray], unlabelled: Optional[np.ndarray]
-                   ) -> tuple[ArraySplit, Optional[ArraySplit]]:
-    """The labelled images keep their labels; the others become the unlabelled pool (labels -1, so that a
-    classification loss on them fails loudly instead of learning from labels it must not see)."""
-    if labelled is None:
-        return split, None
-    rest = ArraySplit(split.images[unlabelled], np.full(len(unlabelled), -1, dtype=np.int64))
-    return ArraySplit(split.images[labelled], split.labels[labelled]), rest
+def take(split: ArraySplit, rows: np.ndarray, labelled: bool = True) -> ArraySplit:
+    """The images at `rows`; labelled=False: their labels replaced by -1 (a classification loss on them fails
+    loudly instead of learning from labels it must not see)."""
+    labels = split.labels[rows] if labelled else np.full(len(rows), -1, dtype=np.int64)
+    return ArraySplit(split.images[rows], labels)

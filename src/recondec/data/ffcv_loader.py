@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from recondec.config import DataConf, Order, TrainCrop, dataset_kind
-from recondec.data import UNLABELLED_SEED, Loaders, labelled_split, ten_crop_view_size
-from recondec.data.beton import beton_path, prepare_command, write_dataset
+from recondec.data import UNLABELLED_SEED, Loaders, ten_crop_view_size
+from recondec.data.beton import beton_labels, beton_path, beton_splits, prepare_command, write_dataset
+from recondec.data.splits import split_training_set
 
 VAL_CROP_RATIO = 224 / 256
 
@@ -229,8 +230,9 @@ def _indices(fname: str, limit: Optional[int]) -> np.ndarray:
 
 
 def ensure_betons(data: DataConf) -> dict[str, str]:
-    """The paths of train/val .beton; built-in sets are written on first use, other sets need prepare.py."""
-    paths = {s: beton_path(data, s) for s in ("train", "val")}
+    """The paths of the data set's .beton files (beton_splits); built-in sets are written on first use, other
+    sets need prepare.py."""
+    paths = {s: beton_path(data, s) for s in beton_splits(data)}
     if all(p.is_file() for p in paths.values()):
         return {s: str(p) for s, p in paths.items()}
     if not dataset_kind(data.name).builtin:
@@ -279,34 +281,39 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
     size = (image_size, image_size)
     common = dict(batch_size=batch_size, num_workers=data.num_workers, os_cache=data.ffcv.os_cache,
                   distributed=distributed, seed=seed)
-    indices = _indices(paths["train"], data.train_limit)
-    labelled, pool = labelled_split(len(indices), data)
-
-    def train_loader(rows: np.ndarray, **kw):
-        return Loader(paths["train"], order=_order(data, distributed), drop_last=True, indices=rows,
-                      **{**common, **kw},
-                      pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
-                                                         data.std, flip=True, channels_last=True),
-                                 "label": label_pipeline(device)})
-
-    train = train_loader(indices if labelled is None else indices[labelled])
+    builtin = dataset_kind(data.name).builtin  # its validation images are held out of train.beton
+    split = split_training_set(beton_labels(paths["train"]), data, seed, holdout=builtin)
     timeout = data.ffcv.batch_timeout_s
 
-    def val_loader(side: int, crop_ratio: float) -> GuardedLoader:
+    def train_loader(rows: np.ndarray, **kw) -> GuardedLoader:
+        loader = Loader(paths["train"], order=_order(data, distributed), drop_last=True, indices=rows,
+                        **{**common, **kw},
+                        pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
+                                                           data.std, flip=True, channels_last=True),
+                                   "label": label_pipeline(device)})
+        return GuardedLoader(loader, paths["train"], timeout)
+
+    def eval_loader(path: str, rows: np.ndarray, side: int, crop_ratio: float) -> GuardedLoader:
         """The centre square of crop_ratio x the shorter side, resized to side x side."""
-        loader = Loader(paths["val"], order=OrderOption.SEQUENTIAL, drop_last=False,
-                        indices=_indices(paths["val"], data.val_limit), **common,
+        loader = Loader(path, order=OrderOption.SEQUENTIAL, drop_last=False, indices=rows, **common,
                         pipelines={"image": image_pipeline(CenterCropRGBImageDecoder((side, side), crop_ratio),
                                                            device, data.mean, data.std, flip=False,
                                                            channels_last=False),
                                    "label": label_pipeline(device)})
-        return GuardedLoader(loader, paths["val"], timeout)
+        return GuardedLoader(loader, path, timeout)
 
-    val = val_loader(image_size, VAL_CROP_RATIO)
-    loaders = Loaders(GuardedLoader(train, paths["train"], timeout), val, len(train.indices), val.num_samples)
+    val_path = paths["train"] if builtin else paths["val"]
+    val_rows = split.val[:data.val_limit] if builtin else _indices(paths["val"], data.val_limit)
+    train, val = train_loader(split.labelled), eval_loader(val_path, val_rows, image_size, VAL_CROP_RATIO)
+    loaders = Loaders(train, val, len(split.labelled), len(val_rows), split)
+    if "test" in paths:
+        test_rows = _indices(paths["test"], data.test_limit)
+        loaders.test, loaders.num_test = eval_loader(paths["test"], test_rows, image_size, VAL_CROP_RATIO), \
+            len(test_rows)
     if ten_crop:
-        loaders.val_ten_crop = val_loader(ten_crop_view_size(image_size), 1.0)
-    if pool is not None and unlabelled_batch_size and len(pool):  # its labels are never read
-        loaders.unlabelled = GuardedLoader(train_loader(indices[pool], batch_size=unlabelled_batch_size,
-                                                        seed=seed + UNLABELLED_SEED), paths["train"], timeout)
+        path, rows = (paths["test"], test_rows) if "test" in paths else (val_path, val_rows)
+        loaders.ten_crop = eval_loader(path, rows, ten_crop_view_size(image_size), 1.0)
+    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):  # labels never read
+        loaders.unlabelled = train_loader(split.unlabelled, batch_size=unlabelled_batch_size,
+                                          seed=seed + UNLABELLED_SEED)
     return loaders

@@ -9,14 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf, TrainCrop
-from recondec.data import UNLABELLED_SEED, Loaders, epoch_seed, labelled_split, ten_crop_view_size
+from recondec.data import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
 from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
+from recondec.data.splits import split_training_set
 
 
 def train_transform(size: int, mean, std, crop: TrainCrop = TrainCrop.random_resized) -> Callable:
@@ -125,23 +127,31 @@ class _Unlabelled(Dataset):
 def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
                          world_size: int = 1, ten_crop: bool = False, train_crop: TrainCrop = TrainCrop.random_resized,
                          unlabelled_batch_size: int = 0) -> Loaders:
+    """train/ (its labelled and unlabelled images: splits.py), val/, and test/ where the tree has one."""
     classes = list_classes(Path(data.root) / "train")
     transform = train_transform(image_size, data.mean, data.std, train_crop)
-    train = _limit(image_dataset(data.root, "train", classes, transform), data.train_limit)
-    labelled, unlabelled = labelled_split(len(train), data)
-    train, pool = (train, None) if labelled is None else (Subset(train, labelled), Subset(train, unlabelled))
+    source = image_dataset(data.root, "train", classes, transform)
+    split = split_training_set(np.asarray([y for _, y in source.samples]), data, seed, holdout=False)
 
-    def val_loader(transform: Callable) -> FolderLoader:
-        val = _limit(image_dataset(data.root, "val", classes, transform), data.val_limit)
-        return _loader(val, data, batch_size, seed, False, rank, world_size)
+    def eval_loader(name: str, transform: Callable, limit: Optional[int]) -> FolderLoader:
+        dataset = _limit(image_dataset(data.root, name, classes, transform), limit)
+        return _loader(dataset, data, batch_size, seed, False, rank, world_size)
 
-    val = val_loader(val_transform(image_size, data.mean, data.std))
+    val = eval_loader("val", val_transform(image_size, data.mean, data.std), data.val_limit)
+    train = Subset(source, split.labelled.tolist())
     loaders = Loaders(_loader(train, data, batch_size, seed, True, rank, world_size), val, len(train),
-                      len(val.loader.dataset))
+                      len(val.loader.dataset), split)
+    has_test = (Path(data.root) / "test").is_dir()
+    if has_test:
+        loaders.test = eval_loader("test", val_transform(image_size, data.mean, data.std), data.test_limit)
+        loaders.num_test = len(loaders.test.loader.dataset)
     if ten_crop:
         view = ten_crop_view_size(image_size)
-        loaders.val_ten_crop = val_loader(val_transform(view, data.mean, data.std, crop_ratio=1.0))
-    if pool is not None and unlabelled_batch_size and len(pool):
+        loaders.ten_crop = eval_loader("test" if has_test else "val",
+                                       val_transform(view, data.mean, data.std, crop_ratio=1.0),
+                                       data.test_limit if has_test else data.val_limit)
+    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):
+        pool = Subset(source, split.unlabelled.tolist())
         loaders.unlabelled = _loader(_Unlabelled(pool), data, unlabelled_batch_size, seed + UNLABELLED_SEED, True,
                                      rank, world_size)
     return loaders

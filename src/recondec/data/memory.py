@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recondec.data import epoch_seed
-from recondec.data.builtin import ArraySplit
+from recondec.config import DataConf
+from recondec.data import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
+from recondec.data.builtin import ArraySplit, limit, load_builtin, take
+from recondec.data.splits import split_training_set
 
 
 def to_normalized(images_uint8: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -65,6 +67,23 @@ class MemoryLoader:
         """Every image, normalised (what the batches hold)."""
         return to_normalized(self.pixels, self.mean, self.std)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
+
+def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
+                         world_size: int = 1, ten_crop: bool = False, unlabelled_batch_size: int = 0) -> Loaders:
+    """A built-in set: its training split cut into labelled / unlabelled / validation images (splits.py), and its
+    official test set."""
+    source, test = load_builtin(data.name, data.root, data.test_fraction)
+    split = split_training_set(source.labels, data, seed, holdout=True)
+    train, val, test = take(source, split.labelled), limit(take(source, split.val), data.val_limit), \
+        limit(test, data.test_limit)
+    common = dict(batch_size=batch_size, mean=data.mean, std=data.std, rank=rank, world_size=world_size)
+    loaders = Loaders(MemoryLoader(train, image_size, shuffle=True, seed=seed, drop_last=True, **common),
+                      MemoryLoader(val, image_size, shuffle=False, **common), len(train.labels), len(val.labels),
+                      split, MemoryLoader(test, image_size, shuffle=False, **common), len(test.labels))
+    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):
+        loaders.unlabelled = MemoryLoader(take(source, split.unlabelled, labelled=False), image_size, shuffle=True,
+                                          seed=seed + UNLABELLED_SEED, drop_last=True,
+                                          **{**common, "batch_size": unlabelled_batch_size})
+    if ten_crop:
+        loaders.ten_crop = MemoryLoader(test, ten_crop_view_size(image_size), shuffle=False, **common)
+    return loaders

@@ -58,7 +58,9 @@ class AugmentedLoss(nn.Module):
         return x.float() * self.image_std
 
     def forward(self, out: AugmentedOutput, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(out.logits.float(), y)
+        """Cross-entropy over the first len(y) rows (the labelled ones: a semi-supervised batch puts its unlabelled
+        images after them), each reconstruction term over every row of `x`."""
+        ce = F.cross_entropy(out.logits[:y.shape[0]].float(), y)
         recon = self.recon_terms(out, x)
         total = self.classification_weight * ce + self.weighted_recon(recon)
         return {"ce": ce, **recon, "total": total}

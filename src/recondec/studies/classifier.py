@@ -24,8 +24,9 @@ from recondec.config import ConfigError, PretrainConf, StageConf
 from recondec.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
-# data settings that change how fast, not what, the classifier learns
-_NOT_IN_KEY = {"data": ("num_workers",), "backbone": ("pretrained", "decoder_init")}  # the classifier has no decoder
+# settings that change how fast the classifier learns, or what it is evaluated on, not its weights (the classifier
+# has no decoder)
+_NOT_IN_KEY = {"data": ("num_workers", "val_limit", "test_limit"), "backbone": ("pretrained", "decoder_init")}
 
 
 def classifier_schedule(cfg: DictConfig) -> dict:
@@ -41,13 +42,16 @@ def classifier_schedule(cfg: DictConfig) -> dict:
     return schedule
 
 
+def classifier_seed(cfg: DictConfig) -> int:
+    return cfg.trainer.seed if cfg.classifier.seed is None else cfg.classifier.seed
+
+
 def classifier_data(cfg: DictConfig) -> dict:
-    """The data the classifier learns from: the labelled images only (semi-supervised jobs with data.labelled=N
-    share the classifier of data.train_limit=N)."""
+    """The data the classifier learns from: the job's labelled images (the same held-out validation set, the same
+    labels_per_class subset of the same split seed); it never sees the unlabelled ones."""
     data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
-    labelled = data.pop("labelled", None)
-    if labelled is not None:
-        data["train_limit"] = labelled
+    if data.get("labels_per_class") is not None and data.get("split_seed") is None:
+        data["split_seed"] = cfg.trainer.seed  # the job's subset, whatever seed the classifier trains with
     return data
 
 
@@ -60,7 +64,7 @@ def classifier_key(cfg: DictConfig) -> str:
     schedule.pop("unlabelled_batch_size")  # always 0 for the classifier
     parts = {"data": data, "backbone": {k: v for k, v in OmegaConf.to_container(cfg.backbone, enum_to_str=True).items()
                                         if k not in _NOT_IN_KEY["backbone"]}}
-    parts.update(schedule=schedule, seed=cfg.classifier.seed, precision=cfg.trainer.precision,
+    parts.update(schedule=schedule, seed=classifier_seed(cfg), precision=cfg.trainer.precision,
                  epoch_steps=cfg.trainer.max_steps_per_epoch, classification_weight=cfg.loss.classification)
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -71,8 +75,9 @@ def classifier_job(cfg: DictConfig, folder: Path) -> DictConfig:
     OmegaConf.set_struct(sub, False)
     values = {"variant": {"name": "baseline", "topology": "none", "unpool": "fixed", "losses": "first",
                           "decode_from": None},
-              "schedule": classifier_schedule(cfg), "data": classifier_data(cfg), "data.labelled": None,
-              "trainer.seed": cfg.classifier.seed, "classifier.epochs": 0,
+              "schedule": classifier_schedule(cfg), "data": classifier_data(cfg),
+              "trainer.seed": classifier_seed(cfg), "trainer.test": False,  # nothing of the test set before the end
+              "classifier.epochs": 0,
               "backbone.pretrained": None, "study": "train", "resume": None, "output_dir": str(folder / "run"),
               "logger.run_name": f"classifier {folder.name}",
               "logger.tags": {"role": "classifier", "classifier_key": folder.name}}

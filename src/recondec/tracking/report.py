@@ -1,15 +1,18 @@
 """Paper-style comparison of one MLflow experiment: every variant against the baseline, as statistics.
 
-Per variant: mean ± std over seeds of top-1, top-5, the image reconstruction error and img/s. Against the
-baseline, for top-1: the difference of the means with its 95 % confidence interval and Welch's t-test p-value
-(unequal variances), Holm's adjustment of those p-values for the number of variants compared, and the paired
-difference over the seeds that variant and baseline share (same seed: same data order, same decoder-free
-start). The verdict sentence is generated from those numbers: "beats" / "worse than" when the 95 % interval of
-the difference excludes 0, otherwise "no difference detected", with the interval saying how large a
-difference the seeds could have missed.
+The numbers reported are the test set's (``test/...``, read once at the end of each run); runs without a test set
+(an image folder without ``test/``) are reported on validation, and the report says so.
 
-One run per (variant, seed) counts: when a grid was run twice into one experiment, the newest finished run of
-each pair is used (``--sweep`` restricts the report to one multirun folder).
+Per row (a variant, or ``<variant>+unlabelled`` for semi-supervised runs): mean ± std over seeds of top-1, top-5,
+the image reconstruction error and img/s, and the diagnostics that say whether the unsupervised objective acted
+(its gradient share at the encoder's first and last conv, how far the encoder moved). Against the baseline, for
+top-1: when the seeds pair the runs (equal ``pairing`` tags: the same start, labelled images and data order) the
+paired t-test on the per-seed differences, else Welch's test; Holm's correction over the rows compared, applied to
+the p-values the verdict uses; and the minimum detectable effect (MDE) at 80 % power, so that "no difference
+detected" says what the seeds could have missed. Welch's interval stays as a column.
+
+One run per (row, seed) counts: when a grid was run twice into one experiment, the newest finished run of each
+pair is used (``--sweep`` restricts the report to one multirun folder).
 """
 from __future__ import annotations
 
@@ -23,21 +26,27 @@ import mlflow
 
 from recondec.config import variant_names
 from recondec.tracking.mlflow_logger import set_experiment
+from recondec.tracking.stats import CONFIDENCE, POWER, TestResult, holm, minimum_detectable_effect, paired_test, \
+    welch_test
 
 VARIANT_ORDER = variant_names()
 SUMMARY_TAG = "summary"
-CONFIDENCE = 0.95
-# single centre crop, then 10 crops (trainer.ten_crop) where the runs have them
-ACCURACY = {"val/top1": "top-1 (%)", "val/top5": "top-5 (%)", "val/top1_10crop": "top-1 10-crop (%)",
-            "val/top5_10crop": "top-5 10-crop (%)"}
-OTHER = {"val/mse/image": ("image MSE", 4), "val/psnr/image": ("image PSNR (dB)", 2),
-         "train/img_per_s": ("img/s", 0)}
+ALPHA = 1 - CONFIDENCE
+# single centre crop, then 10 crops (trainer.ten_crop) where the runs have them; prefixed with the split reported
+ACCURACY = {"top1": "top-1 (%)", "top5": "top-5 (%)", "top1_10crop": "top-1 10-crop (%)",
+            "top5_10crop": "top-5 10-crop (%)"}
+OTHER = {"mse/image": ("image MSE", 4), "psnr/image": ("image PSNR (dB)", 2)}
+SPEED = {"train/img_per_s": ("img/s", 0)}
+DIAGNOSTICS = {"grad_share/recon/first_conv": "recon grad share, first conv (%)",
+               "grad_share/recon/last_conv": "recon grad share, last conv (%)",
+               "encoder/rel_change": "encoder change (%)"}
 
 
 @dataclass
 class Stat:
-    """One metric of one variant: its value per seed."""
+    """One metric of one row: its value per seed, and each seed's run's pairing tag."""
     by_seed: dict[str, float] = field(default_factory=dict)
+    pairing: dict[str, str] = field(default_factory=dict)
 
     @property
     def values(self) -> list[float]:
@@ -64,76 +73,79 @@ class Stat:
         half = stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.std / math.sqrt(self.n)
         return (self.mean - half, self.mean + half)
 
-    def fmt(self, digits: int = 2) -> str:
+    def fmt(self, digits: int = 2, scale: float = 1.0) -> str:
         if not self.by_seed:
             return "-"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
+        m, s = self.mean * scale, self.std * scale
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if self.n > 1 else f"{m:.{digits}f}"
 
 
 @dataclass
 class Comparison:
-    """A variant's metric minus the baseline's."""
-    n: int
-    n_base: int
-    diff: float
-    ci: tuple[float, float]      # Welch
-    p: float                     # Welch's t-test, two-sided
-    n_pairs: int                 # seeds both have
-    paired_diff: float
-    paired_ci: tuple[float, float]
-    paired_p: float
-    p_holm: float = math.nan     # set by holm() across the variants compared
+    """A row's metric minus its reference row's: the test the verdict uses, Welch's beside it, and the MDE."""
+    design: str                  # "paired" or "unpaired"
+    test: TestResult             # what the verdict uses
+    welch: TestResult
+    paired: Optional[TestResult]  # over the seeds whose runs pair, when any do
+    n_row: int
+    n_ref: int
+    unpaired_seeds: list[str]    # seeds both rows have whose runs do not pair (another start or labelled subset)
+    p_holm: float = math.nan     # set by finish_family() across the rows compared
+    mde: float = math.nan        # minimum detectable effect at POWER, at the family's alpha
+    family: int = 1              # rows compared together (Holm's m)
+
+    @property
+    def diff(self) -> float:
+        return self.test.diff
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return self.test.ci
+
+    @property
+    def p(self) -> float:
+        return self.test.p
 
 
-def compare(v: Stat, base: Stat) -> Comparison:
-    from scipy import stats
-
-    q = 0.5 + CONFIDENCE / 2
-    diff = v.mean - base.mean
-    if v.n >= 2 and base.n >= 2:
-        a, b = v.std ** 2 / v.n, base.std ** 2 / base.n
-        se = math.sqrt(a + b)
-        if se > 0:
-            df = (a + b) ** 2 / (a ** 2 / (v.n - 1) + b ** 2 / (base.n - 1))  # Welch-Satterthwaite
-            half = stats.t.ppf(q, df) * se
-            ci, p = (diff - half, diff + half), float(stats.ttest_ind(v.values, base.values, equal_var=False).pvalue)
-        else:  # identical values within each group: no noise to test against
-            ci, p = (diff, diff), (1.0 if diff == 0 else 0.0)
-    else:
-        ci, p = (math.nan, math.nan), math.nan
-    shared = sorted(set(v.by_seed) & set(base.by_seed))
-    d = [v.by_seed[s] - base.by_seed[s] for s in shared]
-    if len(d) >= 2 and stdev(d) > 0:
-        half = stats.t.ppf(q, len(d) - 1) * stdev(d) / math.sqrt(len(d))
-        paired = (mean(d), (mean(d) - half, mean(d) + half), float(stats.ttest_1samp(d, 0.0).pvalue))
-    elif len(d) >= 2:
-        paired = (mean(d), (mean(d), mean(d)), 1.0 if mean(d) == 0 else 0.0)
-    else:
-        paired = (mean(d) if d else math.nan, (math.nan, math.nan), math.nan)
-    return Comparison(v.n, base.n, diff, ci, p, len(d), *paired)
+def compare(row: Stat, ref: Stat) -> Comparison:
+    welch = welch_test(row.values, ref.values)
+    shared = sorted(set(row.by_seed) & set(ref.by_seed), key=str)
+    pairs = [s for s in shared if row.pairing.get(s) and row.pairing.get(s) == ref.pairing.get(s)]
+    unpaired = [s for s in shared if s not in pairs]
+    paired = paired_test([row.by_seed[s] - ref.by_seed[s] for s in pairs]) if pairs else None
+    design = "paired" if paired is not None and len(pairs) >= 2 and not unpaired else "unpaired"
+    return Comparison(design, paired if design == "paired" else welch, welch, paired, row.n, ref.n, unpaired)
 
 
-def holm(comparisons: dict[str, Comparison]) -> None:
-    """Holm's step-down adjustment of the Welch p-values, in place (family: the variants compared)."""
-    ranked = sorted((c.p, name) for name, c in comparisons.items() if not math.isnan(c.p))
-    m, running = len(ranked), 0.0
-    for i, (p, name) in enumerate(ranked):
-        running = max(running, min(1.0, (m - i) * p))
-        comparisons[name].p_holm = running
+def finish_family(comparisons: dict[str, Comparison]) -> None:
+    """Holm's adjustment of the p-values the verdicts use, and each row's MDE at 80 % power at alpha / m (Holm's
+    strictest step: what every row's test can detect whatever the others do), in place."""
+    adjusted = holm({name: c.p for name, c in comparisons.items()})
+    m = max(1, len(comparisons))
+    for name, c in comparisons.items():
+        c.p_holm, c.family = adjusted[name], m
+        c.mde = minimum_detectable_effect(c.test.se, c.test.df, ALPHA / m)
 
 
-def verdict(c: Comparison, what: str = "top-1") -> str:
+def _design_text(c: Comparison) -> str:
+    return f"paired over {c.test.n} seeds" if c.design == "paired" else f"Welch, {c.n_row} vs {c.n_ref} seeds"
+
+
+def verdict(c: Comparison, what: str = "top-1", against: str = "the baseline") -> str:
     """The sentence the numbers produce (difference in points of `what`)."""
-    if c.n < 2 or c.n_base < 2:
+    if c.test.n < 2 or c.n_ref < 2 or math.isnan(c.test.p):
         return f"{c.diff:+.2f} points of {what} from one seed: the noise is unknown, no verdict"
     lo, hi = c.ci
-    interval = f"{c.diff:+.2f} points of {what}, {CONFIDENCE:.0%} CI [{lo:+.2f}, {hi:+.2f}], Welch p = {c.p:.3g}"
-    if lo > 0 or hi < 0:
-        word = "beats" if lo > 0 else "is worse than"
-        holm_note = "" if math.isnan(c.p_holm) or c.p_holm < 1 - CONFIDENCE else \
-            f"; not after Holm's correction for the variants compared (p = {c.p_holm:.3g})"
-        return f"{word} the baseline: {interval}{holm_note}"
-    return f"no difference from the baseline detected: {interval}; the interval bounds what {c.n} seeds can rule out"
+    numbers = (f"{c.diff:+.2f} points of {what}, {CONFIDENCE:.0%} CI [{lo:+.2f}, {hi:+.2f}] ({_design_text(c)}), "
+               f"p = {c.p:.3g}, Holm p = {c.p_holm:.3g}")
+    if c.unpaired_seeds:
+        numbers += (f"; the runs of seed(s) {', '.join(c.unpaired_seeds)} do not pair (another start or labelled "
+                    "subset), so the test is unpaired")
+    if c.p_holm < ALPHA:
+        return f"{'beats' if c.diff > 0 else 'is worse than'} {against}: {numbers}"
+    corrected = " after Holm's correction" if c.p < ALPHA else ""
+    return (f"no difference from {against} detected{corrected}: {numbers}; this test finds a true difference of "
+            f"{c.mde:.2f} points with {POWER:.0%} power (alpha {ALPHA:g}/{c.family}), smaller ones it can miss")
 
 
 def arm(run) -> str:
@@ -151,7 +163,7 @@ def ordered(arms) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- MLflow
 def finished_runs(tracking_uri: str, experiment: str, sweep: Optional[str] = None) -> list:
-    """The newest finished run per (variant, seed) of `experiment` (of one sweep folder, if given); summary runs
+    """The newest finished run per (row, seed) of `experiment` (of one sweep folder, if given); summary runs
     and the cached classifiers' runs are not variants."""
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -168,34 +180,46 @@ def finished_runs(tracking_uri: str, experiment: str, sweep: Optional[str] = Non
     return list(newest.values())
 
 
+def _kept(key: str) -> bool:
+    return key.startswith(("val/", "test/")) or key in SPEED or key in DIAGNOSTICS
+
+
 def collect(runs) -> dict[str, dict[str, Stat]]:
-    """variant -> metric -> Stat (the last logged value of each run, keyed by its seed)."""
+    """row -> metric -> Stat (the last logged value of each run, keyed by its seed)."""
     table: dict[str, dict[str, Stat]] = {}
     for run in runs:
         stats = table.setdefault(arm(run), {})
         seed = run.data.tags.get("seed", run.info.run_id)
         for key, value in run.data.metrics.items():
-            if key in ACCURACY or key in OTHER or key.startswith(("val/mse/", "val/psnr/")):
-                stats.setdefault(key, Stat()).by_seed[seed] = value
+            if _kept(key):
+                stat = stats.setdefault(key, Stat())
+                stat.by_seed[seed] = value
+                stat.pairing[seed] = run.data.tags.get("pairing", "")
     return table
 
 
-def compare_rows(table, pairs: dict[str, str], metric: str = "val/top1") -> dict[str, Comparison]:
-    """Each row against its reference row (`pairs`: row -> reference), where both have `metric`; the p-values are
-    Holm-adjusted together."""
+def reported_split(table) -> str:
+    """"test" when the runs have test metrics (the numbers a paper would report), else "val"."""
+    return "test" if any("test/top1" in stats for stats in table.values()) else "val"
+
+
+def compare_rows(table, pairs: dict[str, str], metric: str) -> dict[str, Comparison]:
+    """Each row against its reference row (`pairs`: row -> reference), where both have `metric`; one family."""
     found = {row: compare(table[row][metric], table[ref][metric]) for row, ref in pairs.items()
              if metric in table.get(row, {}) and metric in table.get(ref, {})}
-    holm(found)
+    finish_family(found)
     return found
 
 
-def comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
+def comparisons(table, metric: Optional[str] = None) -> dict[str, Comparison]:
     """Every row against the baseline."""
+    metric = metric or f"{reported_split(table)}/top1"
     return compare_rows(table, {row: "baseline" for row in ordered(table) if row != "baseline"}, metric)
 
 
-def unlabelled_comparisons(table, metric: str = "val/top1") -> dict[str, Comparison]:
+def unlabelled_comparisons(table, metric: Optional[str] = None) -> dict[str, Comparison]:
     """Each "<variant>+unlabelled" row against the same variant without the unlabelled images."""
+    metric = metric or f"{reported_split(table)}/top1"
     return compare_rows(table, {row: row.split("+")[0] for row in ordered(table) if "+" in row}, metric)
 
 
@@ -204,36 +228,53 @@ def _ci(ci: tuple[float, float]) -> str:
     return "-" if math.isnan(ci[0]) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
-def _p(p: float) -> str:
-    return "-" if math.isnan(p) else f"{p:.3g}"
+def _num(x: float, fmt: str = ".3g") -> str:
+    return "-" if math.isnan(x) else format(x, fmt)
 
 
 def _comparison_lines(comps: dict[str, Comparison], against: str) -> list[str]:
-    lines = ["| row | Δ top-1 | 95 % CI | Welch p | Holm p | paired Δ (seeds) | paired 95 % CI | paired p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | test used | Δ top-1 | 95 % CI | p | Holm p | MDE (80 % power) | Welch Δ, 95 % CI | Welch p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for v, c in comps.items():
-        lines.append(f"| {v} | {c.diff:+.2f} | {_ci(c.ci)} | {_p(c.p)} | {_p(c.p_holm)} | "
-                     f"{c.paired_diff:+.2f} ({c.n_pairs}) | {_ci(c.paired_ci)} | {_p(c.paired_p)} |")
-    verdicts = [f"- **{v}** {verdict(c).replace('the baseline', against)}." for v, c in comps.items()]
+        lines.append(f"| {v} | {_design_text(c)} | {c.diff:+.2f} | {_ci(c.ci)} | {_num(c.p)} | {_num(c.p_holm)} | "
+                     f"{_num(c.mde, '.2f')} | {c.welch.diff:+.2f} {_ci(c.welch.ci)} | {_num(c.welch.p)} |")
+    verdicts = [f"- **{v}** {verdict(c, against=against)}." for v, c in comps.items()]
     return [*lines, "", "Verdicts:", "", *verdicts]
+
+
+def _table_lines(table, columns: list[tuple[str, str, int, float]]) -> list[str]:
+    """One row per arm; columns: (metric, header, digits, scale)."""
+    head = ["row", "seeds", *[h for _, h, _, _ in columns]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in ordered(table):
+        s = table[v]
+        n = max((st.n for st in s.values()), default=0)
+        cells = [v, str(n), *[s[k].fmt(d, scale) if k in s else "-" for k, _, d, scale in columns]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(table, experiment: str, comps: dict[str, Comparison],
              unlabelled: Optional[dict[str, Comparison]] = None) -> str:
-    seeds = sorted({s for stats in table.values() for s in stats.get("val/top1", Stat()).by_seed}, key=str)
-    accuracy = [k for k in ACCURACY if any(k in s for s in table.values())]
-    other = [k for k in OTHER if any(k in s for s in table.values())]
-    head = ["variant", "seeds", *[ACCURACY[k] for k in accuracy], *[OTHER[k][0] for k in other]]
-    lines = [f"# {experiment}", "", f"Mean ± std over seeds ({', '.join(seeds)}); one finished run per variant "
-             "and seed.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in ordered(table):
-        s = table[v]
-        cells = [v, str(s.get("val/top1", Stat()).n), *[s[k].fmt() if k in s else "-" for k in accuracy],
-                 *[s[k].fmt(OTHER[k][1]) if k in s else "-" for k in other]]
-        lines.append("| " + " | ".join(cells) + " |")
+    split = reported_split(table)
+    seeds = sorted({s for stats in table.values() for s in stats.get(f"{split}/top1", Stat()).by_seed}, key=str)
+    which = ("the test set, evaluated once at the end of each run" if split == "test" else
+             "the validation set: these runs have no test set")
+    present = {k for s in table.values() for k in s}
+    results = [(f"{split}/{k}", h, 2, 1.0) for k, h in ACCURACY.items() if f"{split}/{k}" in present]
+    results += [(f"{split}/{k}", h, d, 1.0) for k, (h, d) in OTHER.items() if f"{split}/{k}" in present]
+    results += [(k, h, d, 1.0) for k, (h, d) in SPEED.items() if k in present]
+    diagnostics = [(k, h, 2, 100.0) for k, h in DIAGNOSTICS.items() if k in present]
+    lines = [f"# {experiment}", "", f"Numbers from {which}. Mean ± std over seeds ({', '.join(seeds)}); one finished "
+             "run per row and seed.", "", *_table_lines(table, results)]
+    if diagnostics:
+        lines += ["", "Did the unsupervised objective act? The reconstruction terms' gradient at the encoder's first "
+                  "and last conv, as a share of the cross-entropy's, and the encoder's mean relative weight change "
+                  "from the start of the run (at the last validation).", "", *_table_lines(table, diagnostics)]
     if comps:
-        lines += ["", f"Top-1 against the baseline ({CONFIDENCE:.0%} confidence; Welch: unequal variances; "
-                  "Holm: adjusted for the rows compared; paired: over the seeds both have).", "",
+        lines += ["", f"Top-1 against the baseline ({CONFIDENCE:.0%} confidence). The test used: paired over the "
+                  "seeds when they pair the runs, else Welch's; Holm: adjusted for the rows compared; MDE: the true "
+                  f"difference that test detects with {POWER:.0%} power at alpha 0.05 / rows compared.", "",
                   *_comparison_lines(comps, "the baseline")]
     if unlabelled:
         lines += ["", "Top-1 with the unlabelled images against the same variant without them.", "",
@@ -247,8 +288,9 @@ def plot_accuracy(table):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = [v for v in ordered(table) if "val/top1" in table[v]]
-    stats = [table[v]["val/top1"] for v in variants]
+    metric = f"{reported_split(table)}/top1"
+    variants = [v for v in ordered(table) if metric in table[v]]
+    stats = [table[v][metric] for v in variants]
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     for i, (v, s) in enumerate(zip(variants, stats)):
         color = "grey" if v == "baseline" else "tab:blue"
@@ -259,13 +301,13 @@ def plot_accuracy(table):
         else:
             ax.plot(i, s.mean, "o", color=color)
     if "baseline" in variants:
-        lo, hi = table["baseline"]["val/top1"].ci()
+        lo, hi = table["baseline"][metric].ci()
         if not math.isnan(lo):
             ax.axhspan(lo, hi, color="grey", alpha=0.15, zorder=1, label=f"baseline {CONFIDENCE:.0%} CI")
             ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(range(len(variants)), variants, rotation=30)
-    ax.set_ylabel("val top-1 (%)")
-    ax.set_title(f"top-1 per variant: seeds (dots), mean and {CONFIDENCE:.0%} CI of the mean")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"top-1 per row: seeds (dots), mean and {CONFIDENCE:.0%} CI of the mean")
     fig.tight_layout()
     return fig
 
@@ -273,20 +315,25 @@ def plot_accuracy(table):
 def plot_recon_error(table):
     import matplotlib.pyplot as plt
 
-    levels = sorted({k[len("val/mse/"):] for s in table.values() for k in s if k.startswith("val/mse/")},
+    prefix = f"{reported_split(table)}/mse/"
+    levels = sorted({k[len(prefix):] for s in table.values() for k in s if k.startswith(prefix)},
                     key=lambda lv: (lv != "image", lv))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for v in ordered(table):
-        pts = [(i, table[v][f"val/mse/{lv}"].mean) for i, lv in enumerate(levels) if f"val/mse/{lv}" in table[v]]
+        pts = [(i, table[v][f"{prefix}{lv}"].mean) for i, lv in enumerate(levels) if f"{prefix}{lv}" in table[v]]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=v)
     ax.set_xticks(range(len(levels)), levels)
     ax.set_yscale("log")
-    ax.set_ylabel("val MSE")
-    ax.set_title("reconstruction error per level per variant")
+    ax.set_ylabel(prefix.rstrip("/").replace("/", " "))
+    ax.set_title("reconstruction error per level per row")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _mlflow_name(row: str) -> str:
+    return row.replace("+", "_with_")  # MLflow names take no "+"
 
 
 def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optional[str] = None) -> tuple[Path, str]:
@@ -305,11 +352,12 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
         plt.close(fig)
     set_experiment(tracking_uri, experiment)
     with mlflow.start_run(run_name=f"report {experiment}", tags={SUMMARY_TAG: "true"}) as run:
-        for v, stats in table.items():  # MLflow names take no "+": swwae_all+unlabelled -> swwae_all_with_unlabelled
-            mlflow.log_metrics({f"{v.replace('+', '_with_')}/{k}_mean": s.mean for k, s in stats.items()})
+        for v, stats in table.items():
+            mlflow.log_metrics({f"{_mlflow_name(v)}/{k}_mean": s.mean for k, s in stats.items()})
         for v, c in comps.items():
-            v = v.replace("+", "_with_")
+            v = _mlflow_name(v)
             mlflow.log_metrics({f"{v}/top1_diff": c.diff, f"{v}/top1_diff_ci_low": c.ci[0],
-                                f"{v}/top1_diff_ci_high": c.ci[1], f"{v}/top1_welch_p": c.p})
+                                f"{v}/top1_diff_ci_high": c.ci[1], f"{v}/top1_p": c.p, f"{v}/top1_p_holm": c.p_holm,
+                                f"{v}/top1_mde": c.mde})
         mlflow.log_artifacts(str(out_dir), "report")
     return out_dir / "report.md", run.info.run_id

@@ -86,8 +86,8 @@ def step_img_per_s(conf: Config, steps: int, warmup: int) -> tuple[float, int]:
     x = torch.randn(b, 3, s, s, device=device)
     y = torch.randint(0, conf.data.num_classes, (b,), device=device)
     steps_total = max(steps, warmup)
-    trainer = Trainer(conf, model, loss_fn, Loaders(SyntheticLoader(x, y, steps_total), None, b * steps_total, 0),
-                      device)
+    loaders = Loaders(SyntheticLoader(x, y, steps_total), SyntheticLoader(x, y, 1), b * steps_total, b, split=None)
+    trainer = Trainer(conf, model, loss_fn, loaders, device)
     return timed_epoch(trainer, steps, warmup), flops
 
 

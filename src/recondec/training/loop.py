@@ -24,6 +24,7 @@ from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
+from recondec.training.diagnostics import ObjectiveMonitor, check_alive
 from recondec.training.distributed import DistEnv
 from recondec.training.metrics import EvalMetrics, ten_crop_probs
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
@@ -83,6 +84,22 @@ class Trainer:
         # (epoch, batch) position, which checkpoints carry; the baseline has no use for it
         self.unlabelled = loaders.unlabelled if model.decoder is not None else None
         self._unlabelled_iter = None
+        # the objective's diagnostics and the live-decoder guard: fixed validation batches, the encoder as it starts
+        # (built, seeded and loaded; before any checkpoint is loaded, so a resumed run measures from the same start)
+        # (no gradient shares when no stage trains the encoder: the objective cannot act on it)
+        trains_encoder = any(not s.conf.freeze_encoder for s in self.stages)
+        self.monitor = ObjectiveMonitor(model, loss_fn, self._fixed_val_batches(cfg.trainer.diagnostic_batches),
+                                        grad_shares=trains_encoder)
+
+    def _fixed_val_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batches = []
+        self.loaders.val.set_epoch(0)
+        for x, y in self.loaders.val:
+            x, y = self._to_device(x, y)
+            batches.append((x.float().clone(), y.clone()))  # ffcv reuses its buffers
+            if len(batches) == n:
+                break
+        return batches
 
     # ------------------------------------------------------------------ stages
     def stage_at(self, epoch: int) -> Stage:
@@ -130,16 +147,21 @@ class Trainer:
 
     def _pretrain_lrs(self, conf) -> dict[str, float]:
         """Given or probed on rank 0's first batches; every rank uses rank 0's choice."""
-        lrs = block_lrs(self.model, self.loss_fn, conf, self.cfg.schedule, self._first_train_images)
+        lrs = block_lrs(self.model, self.loss_fn, conf, self.cfg.schedule, self._first_train_images,
+                        self._val_images())
         lrs = distributed.broadcast_object(lrs)
         self.tracker.log_metrics({f"pretrain/lr/{k}": v for k, v in lrs.items()}, step=self.state.epoch)
         return lrs
 
     def _probed_decoder_lr(self) -> float:
         lr = distributed.broadcast_object(decoder_lr(self.model, self.loss_fn, self.cfg.schedule.pretrain,
-                                                     self.cfg.schedule, self._first_train_images))
+                                                     self.cfg.schedule, self._first_train_images, self._val_images()))
         self.tracker.log_metrics({f"{self._stage.name}/lr": lr}, step=self.state.epoch)
         return lr
+
+    def _val_images(self) -> list[torch.Tensor]:
+        """What LR probes judge by: the fixed validation batches (selection never looks at the test set)."""
+        return [x for x, _ in self.monitor.batches]
 
     def _first_train_images(self, n: int) -> list[torch.Tensor]:
         self.loaders.train.set_epoch(self.data_epoch)
@@ -177,26 +199,53 @@ class Trainer:
         return last
 
     def _validate_if_due(self) -> tuple[dict[str, float], Optional[VisualBatch], bool]:
-        """Every trainer.val_every_n_epochs and after the last epoch: the "val/..." metrics, the figures' batch,
-        and whether top-1 is the best so far."""
-        if self.state.epoch % self.cfg.trainer.val_every_n_epochs and self.state.epoch != self.total_epochs:
+        """Every trainer.val_every_n_epochs and after the last epoch: the "val/..." metrics with the objective's
+        diagnostics, the figures' batch, and whether top-1 is the best so far. After the last epoch also the test
+        set, once ("test/...")."""
+        final = self.state.epoch == self.total_epochs
+        if self.state.epoch % self.cfg.trainer.val_every_n_epochs and not final:
             return {}, None, False
         val, visual = self.evaluate(ssim=self._is_figure_epoch())
-        metrics = {f"val/{k}": v for k, v in val.items()}
+        metrics = {f"val/{k}": v for k, v in val.items()} | self.monitor.metrics()
         is_best = val["top1"] > self.state.best_top1
         self.state.best_top1 = max(self.state.best_top1, val["top1"])
         metrics["val/best_top1"] = self.state.best_top1
-        if self.state.epoch == self.total_epochs and self.loaders.val_ten_crop is not None:
-            metrics.update({f"val/{k}": v for k, v in self.evaluate_ten_crop().items()})
+        if final:
+            metrics.update(self.evaluate_final())
         return metrics, visual, is_best
 
+    def evaluate_final(self) -> dict[str, float]:
+        """The final model on the test set (trainer.test) and on 10 crops (trainer.ten_crop): read once per run."""
+        metrics = {}
+        if self.loaders.test is not None and self.cfg.trainer.test:
+            test, _ = self.evaluate(self.loaders.test, ssim=True, desc="test")
+            metrics.update({f"test/{k}": v for k, v in test.items()})
+        if self.loaders.ten_crop is not None and (self.loaders.test is None or self.cfg.trainer.test):
+            split = self.loaders.ten_crop_split
+            metrics.update({f"{split}/{k}": v for k, v in self.evaluate_ten_crop().items()})
+        return metrics
+
     def _end_epoch(self, metrics: dict[str, float], visual: Optional[VisualBatch], is_best: bool) -> None:
-        """History, logs, figures, then the checkpoint: a crash in between repeats a log, never loses one."""
+        """History, logs, figures, the live-decoder guard at a stage's end, then the checkpoint: a crash in between
+        repeats a log, never loses one, and a stage that killed its decoder is never checkpointed as done."""
         self.state.history.append({"epoch": self.state.epoch, **metrics})
         self.tracker.log_metrics(metrics, step=self.state.epoch)
         self._log_figures(visual)
+        if self.state.epoch == self._stage.end_epoch:
+            self.check_decoder_alive()
         self.save_checkpoint("best.pt" if is_best else None)
         self._exit_if_preempted()
+
+    def check_decoder_alive(self) -> None:
+        """After a stage that trained decoders: every level it trained must still depend on the input."""
+        if self.model.decoder is None:
+            return
+        pretraining = self._stage.name == "pretrain"
+        ratios = self.monitor.input_dependence(layerwise=pretraining)
+        levels = list(ratios) if pretraining else list(self.loss_fn.weights)
+        self.tracker.log_metrics({f"decoder/input_dependence/{k}": v for k, v in ratios.items()}, step=self.state.epoch)
+        check_alive(ratios, levels, self._stage.name, self.cfg.trainer.dead_decoder_threshold,
+                    self.cfg.trainer.dead_decoder)
 
     def _is_figure_epoch(self) -> bool:
         """Every trainer.figures_every_n_epochs and after the last epoch: reconstruction grids and SSIM."""
@@ -271,19 +320,15 @@ class Trainer:
         return self._to_device(*batch)[0]
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor] = None) -> dict:
-        """The stage's loss terms. With unlabelled images, one forward pass over both batches: the labelled part
-        gives cross-entropy and reconstruction, the unlabelled part reconstruction only (the "unlabelled" term)."""
+        """The stage's loss terms. With unlabelled images, one forward pass over both batches: cross-entropy over the
+        labelled rows, each reconstruction term the mean over all rows, so that the reconstruction-to-cross-entropy
+        balance is the labelled-only step's ("more data", not "a heavier reconstruction weight")."""
         return (self._compiled_loss_terms or self._loss_terms)(x, y, xu)
 
     def _loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor]) -> dict:
         inputs = x if xu is None else torch.cat([x, xu])
         out = self.net(inputs, decode=self.model.decoder is not None, layerwise=self._stage.name == "pretrain")
-        if xu is None:
-            return self.stage_loss(out, x, y)
-        n = x.shape[0]
-        terms = self.stage_loss(out.take(slice(0, n)), x, y)
-        unlabelled = self.stage_loss.weighted_recon(self.stage_loss.recon_terms(out.take(slice(n, None)), xu))
-        return {**terms, "unlabelled": unlabelled, "total": terms["total"] + unlabelled}
+        return self.stage_loss(out, inputs, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
         """One optimiser step (skipped for a non-finite loss with trainer.nonfinite=skip); returns the batch size."""
@@ -316,11 +361,13 @@ class Trainer:
             raise self.preemption.exception(self.state.step)
 
     @torch.no_grad()
-    def evaluate(self, ssim: bool = True) -> tuple[dict[str, float], Optional[VisualBatch]]:
+    def evaluate(self, loader=None, ssim: bool = True, desc: str = "validate"
+                 ) -> tuple[dict[str, float], Optional[VisualBatch]]:
+        """Top-1 / top-5, the loss terms and the reconstruction metrics on `loader` (default: validation)."""
         self.model.eval()
         metrics = EvalMetrics(self.cfg.data.num_classes, self.device, ssim)
         visual = None
-        bar = tqdm(self.loaders.val, desc="validate", disable=self.quiet, leave=False)
+        bar = tqdm(loader or self.loaders.val, desc=desc, disable=self.quiet, leave=False)
         for x, y in bar:
             x, y = self._to_device(x, y)
             with oom_hint("validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device), \
@@ -341,7 +388,7 @@ class Trainer:
         self.model.eval()
         metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
         size = self.cfg.backbone.image_size
-        for x, y in tqdm(self.loaders.val_ten_crop, desc="validate (10 crops)", disable=self.quiet,
+        for x, y in tqdm(self.loaders.ten_crop, desc=f"{self.loaders.ten_crop_split} (10 crops)", disable=self.quiet,
                          leave=False):
             x, y = self._to_device(x, y)
             with oom_hint("10-crop validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision,

@@ -60,6 +60,10 @@ def input_dependence(outputs: list[torch.Tensor]) -> float:
     return sum(o.float().std(0).mean().item() for o in outputs) / len(outputs)
 
 
+class ProbeFailed(RuntimeError):
+    """No candidate LR lowered the loss without killing the module; the message names it and what to change."""
+
+
 @torch.no_grad()
 def block_batches(model: AugmentedNet, loss_fn: AugmentedLoss, images: Iterable[torch.Tensor]
                   ) -> list[list[BlockBatch]]:
@@ -77,28 +81,37 @@ def block_batches(model: AugmentedNet, loss_fn: AugmentedLoss, images: Iterable[
 
 
 def probe_lr(module: torch.nn.Module, losses: list[Callable[[], torch.Tensor]], candidates: list[float], steps: int,
-             schedule: ScheduleConf, spread: Callable[[], float] | None = None,
-             collapse_ratio: float = 1e-3) -> tuple[float, dict[float, float]]:
+             schedule: ScheduleConf, spread: Callable[[], dict[str, float]] | None = None,
+             collapse_ratio: float = 1e-3, what: str = "the module",
+             held_out: list[Callable[[], torch.Tensor]] | None = None) -> tuple[float, dict[float, float]]:
     """The LR among `candidates` whose `steps` optimiser steps on `module` (cycling over the per-batch `losses`)
-    lowered their mean the most, relative to where it started; the module is left as it was. Returns the LR and
-    the relative drop of each candidate tried (-inf where the loss diverged or the module collapsed).
+    lowered the mean loss of the `held_out` batches (validation; default: the same `losses`) the most, relative to
+    where it started; the module is left as it was. Returns the LR and the relative drop of each candidate tried
+    (-inf where the loss diverged or the module collapsed).
 
-    `spread` measures how much the module's output depends on its input (``input_dependence``): a candidate after
-    which it fell below `collapse_ratio` times its starting value has collapsed to a constant output and is refused.
+    `spread` measures, per output that carries a loss, how much it depends on the module's input
+    (``input_dependence``): a candidate after which any of them fell below `collapse_ratio` times its starting value
+    has collapsed to a constant output and is refused. When every candidate is refused, ProbeFailed names `what`.
 
     Candidates are tried from the largest down; the drop rises as the LR falls out of divergence and then
     shrinks again, so the scan stops at the first LR that lowered the loss less than an earlier one did."""
     start = {k: v.clone() for k, v in module.state_dict().items()}
 
+    measured = held_out or losses
+
     def mean_loss() -> float:
         with torch.no_grad():
-            return sum(loss().item() for loss in losses) / len(losses)
+            return sum(loss().item() for loss in measured) / len(measured)
 
-    def collapsed(spread_before: float) -> bool:
+    def collapsed(spread_before: dict[str, float]) -> bool:
+        if spread is None:
+            return False
         with torch.no_grad():
-            return spread is not None and not spread() >= collapse_ratio * spread_before
+            after = spread()
+        return any(not after[k] >= collapse_ratio * v for k, v in spread_before.items())
 
-    before, spread_before, drops = mean_loss(), spread() if spread else 0.0, {}
+    before = mean_loss()
+    spread_before, drops = (spread() if spread else {}), {}
     for lr in sorted(candidates, reverse=True):
         module.load_state_dict(start)
         optimizer = build_optimizer(param_groups(module.named_parameters(), schedule, lr), schedule)
@@ -117,47 +130,58 @@ def probe_lr(module: torch.nn.Module, losses: list[Callable[[], torch.Tensor]], 
             break  # past the peak
     module.load_state_dict(start)
     if drops[best] <= 0:
-        log.warning("LR probe: no candidate lowered the loss (%s); taking the smallest",
-                    ", ".join(f"{k:g}: {d:+.3g}" for k, d in drops.items()))
-        best = min(drops)
+        tried = ", ".join(f"{k:g}: {d:+.3g}" for k, d in drops.items())
+        raise ProbeFailed(f"LR probe for {what}: no candidate lowered its reconstruction loss without killing it "
+                          f"(relative drop per LR, -inf: diverged or collapsed to a constant output: {tried}). "
+                          "Widen schedule.pretrain.lr_candidates, give the LR (schedule.pretrain.lrs.<level>, or "
+                          "schedule.decoder.lr with probe_lr=false), lengthen the probe (schedule.pretrain.probe_steps),"
+                          " or start the decoder elsewhere (backbone.decoder_init=he)")
     return best, drops
 
 
 def block_lrs(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, schedule: ScheduleConf,
-              sample_images: Callable[[int], list[torch.Tensor]]) -> dict[str, float]:
-    """LR per block, keyed by the level the block decodes from: conf.lrs where given, the probe elsewhere."""
+              sample_images: Callable[[int], list[torch.Tensor]], val_images: list[torch.Tensor]) -> dict[str, float]:
+    """LR per block, keyed by the level the block decodes from: conf.lrs where given, the probe elsewhere (trained
+    on training batches, judged on `val_images`)."""
     names = [m.name for m in model.encoder.macro_layers[:len(model.decoder.blocks)]]
     lrs = {name: conf.lrs[name] for name in names if name in conf.lrs}
     todo = [i for i, name in enumerate(names) if name not in lrs]
     if todo:
         per_block = block_batches(model, loss_fn, sample_images(conf.probe_batches))
+        per_block_val = block_batches(model, loss_fn, val_images)
         for i in todo:
             block = model.decoder.blocks[i]
             losses = [partial(b.loss, block) for b in per_block[i]]
 
-            def spread(batches=per_block[i], block=block) -> float:
-                return input_dependence([b.output(block) for b in batches])
+            def spread(batches=per_block_val[i], block=block) -> dict[str, float]:
+                return {"output": input_dependence([b.output(block) for b in batches])}
 
-            lrs[names[i]], drops = probe_lr(block, losses, conf.lr_candidates, conf.probe_steps, schedule, spread)
+            lrs[names[i]], drops = probe_lr(block, losses, conf.lr_candidates, conf.probe_steps, schedule, spread,
+                                            what=f"the decoder block from {names[i]} (layer-wise pre-training)",
+                                            held_out=[partial(b.loss, block) for b in per_block_val[i]])
             log.info("pretrain LR probe, block from %s: %s -> lr %g", names[i],
                      ", ".join(f"{lr:g}: {d:+.3f}" for lr, d in drops.items()), lrs[names[i]])
     return {name: lrs[name] for name in names}
 
 
 def decoder_lr(model: AugmentedNet, loss_fn: AugmentedLoss, conf: PretrainConf, schedule: ScheduleConf,
-               sample_images: Callable[[int], list[torch.Tensor]]) -> float:
+               sample_images: Callable[[int], list[torch.Tensor]], val_images: list[torch.Tensor]) -> float:
     """The decoder stage's LR by the same rule: the whole decoder, the variant's reconstruction terms (the
-    classification term is constant while the encoder is frozen), on cached encoder outputs."""
+    classification term is constant while the encoder is frozen), on cached encoder outputs; trained on training
+    batches, judged on `val_images`."""
     with torch.no_grad():
         cached = [(x, model.encode(x)) for x in sample_images(conf.probe_batches)]
+        cached_val = [(x, model.encode(x)) for x in val_images]
 
     def recon_loss(x: torch.Tensor, enc) -> torch.Tensor:
         return loss_fn.weighted_recon(loss_fn.recon_terms(model.decode(enc, x), x))
 
-    def spread() -> float:  # of every reconstruction the decoder makes
-        return input_dependence([r for x, enc in cached for r in model.decode(enc, x).recons.values()])
+    def spread() -> dict[str, float]:  # of each reconstruction that carries a loss (an unused one may die)
+        outputs = [model.decode(enc, x).recons for x, enc in cached_val]
+        return {level: input_dependence([r[level] for r in outputs]) for level in loss_fn.weights}
 
     lr, drops = probe_lr(model.decoder, [partial(recon_loss, x, enc) for x, enc in cached], conf.lr_candidates,
-                         conf.probe_steps, schedule, spread)
+                         conf.probe_steps, schedule, spread, what="the decoder (the decoder stage's LR)",
+                         held_out=[partial(recon_loss, x, enc) for x, enc in cached_val])
     log.info("decoder-stage LR probe: %s -> lr %g", ", ".join(f"{k:g}: {d:+.3f}" for k, d in drops.items()), lr)
     return lr
