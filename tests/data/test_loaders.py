@@ -190,7 +190,7 @@ def test_quasi_random_with_distributed_falls_back_to_random(tmp_path):
 
     from recondec.data.ffcv_loader import _order
 
-    data = DataConf(name="digits", loader=Loader.ffcv, num_classes=10,
+    data = DataConf(name="digits", loader=Loader.ffcv, num_classes=10, val_size=144,
                     ffcv=ffcv_conf(tmp_path, order=Order.quasi_random))
     with pytest.warns(UserWarning, match="quasi_random is not available with data.ffcv.distributed=true"):
         assert _order(data, distributed=True) is OrderOption.RANDOM
@@ -231,7 +231,7 @@ def test_both_image_loaders_train_on_paper_era_crops(tree):
         loaders = build_loaders(folder_conf(*tree, loader=kind), SIZE, BATCH, seed=0, train_crop=TrainCrop.resize_crop)
         x, y = next(iter(loaders.train))
         assert x.shape == (BATCH, 3, SIZE, SIZE) and torch.isfinite(x).all() and x.std() > 0
-    steps = [type(t).__name__ for t in loaders.train.loader.dataset.transform.transforms]  # torchvision's
+    steps = [type(t).__name__ for t in loaders.train.loader.dataset.dataset.transform.transforms]  # torchvision's
     assert steps[:3] == ["Resize", "RandomCrop", "RandomHorizontalFlip"]
 
 
