@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from recondec.config import register_schema  # noqa: E402
+from recondec.config import refusing_bad_values, register_schema  # noqa: E402
 
 register_schema()
 
@@ -29,13 +29,14 @@ def main(cfg: DictConfig) -> float:
     sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
     info = JobInfo(overrides=list(hc.overrides.task), sweep_dir=sweep_dir, parent_run_id=parent_run_id(sweep_dir),
                    hydra_dir=Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None)
-    if cfg.study == "recon":
-        from recondec.studies.recon import run_recon_study
+    with refusing_bad_values(multirun=sweep_dir is not None):  # a bad value: its message, not a traceback
+        if cfg.study == "recon":
+            from recondec.studies.recon import run_recon_study
 
-        run_recon_study(cfg, info)
-        return float("nan")
-    result = run_job(cfg, info)
-    return result.metrics.get("val/top1", float("nan"))  # what a Hydra sweeper would optimise
+            run_recon_study(cfg, info)
+            return float("nan")
+        result = run_job(cfg, info)
+    return result.metrics.get("val/top1", float("nan"))  # what a Hydra sweeper would optimise (validation)
 
 
 if __name__ == "__main__":

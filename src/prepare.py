@@ -1,4 +1,5 @@
-"""Write the .beton files of a data set (train.beton, val.beton) for data.loader=ffcv.
+"""Write the .beton files of a data set for data.loader=ffcv: train.beton, val.beton (and test.beton where the tree
+has test/) of an image folder; train.beton and test.beton of a built-in set.
 
     python src/prepare.py data=imagenet data.root=/datasets/imagenet   # <root>/train/<class>/*, <root>/val/...
     python src/prepare.py data=folder data.root=/data/x data.num_classes=10
@@ -18,7 +19,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from recondec.checks import validate  # noqa: E402
-from recondec.config import register_schema  # noqa: E402
+from recondec.config import refusing_bad_values, register_schema  # noqa: E402
 from recondec.data.beton import write_dataset  # noqa: E402
 
 register_schema()
@@ -26,8 +27,10 @@ register_schema()
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    data = validate(cfg).data
-    for result in write_dataset(data).values():
+    with refusing_bad_values():
+        data = validate(cfg).data
+        results = write_dataset(data)  # every split is listed and checked before the first file is written
+    for result in results.values():
         print(result.summary())
 
 

@@ -16,8 +16,24 @@ def validate(cfg: DictConfig) -> Config:
     conf = check_schema(cfg)
     check_backbone(conf.backbone)
     check_data(conf.data)
+    check_split(conf)
     fill_normalisation(conf)
     return conf
+
+
+def check_split(conf: Config) -> None:
+    """A built-in set's held-out and labelled images can be drawn (data.val_size, data.labels_per_class against its
+    class sizes): read from its labels alone, before any work."""
+    if not dataset_kind(conf.data.name).builtin:
+        return  # an image folder's classes are counted when its loader lists it
+    from recondec.data.builtin import training_labels
+    from recondec.data.splits import split_training_set
+
+    try:
+        labels = training_labels(conf.data.name, conf.data.root, conf.data.test_fraction)
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.root={conf.data.root!r} is invalid: {e}") from None
+    split_training_set(labels, conf.data, conf.trainer.seed, holdout=True)
 
 
 def check_backbone(backbone: BackboneConf) -> None:

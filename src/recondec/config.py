@@ -1,17 +1,23 @@
-"""Typed schema for every config group.
+"""Typed schema for every config group: the one place for every default, its meaning and its range.
 
-Hydra composes YAML files from ``conf/``; each group is validated against the dataclass here:
-OmegaConf checks types and enum values at compose time (the error names the key and the allowed
-values), and ``validate(cfg)`` runs the ``__post_init__`` range checks of every dataclass before any
-work starts. One place, declarative, instead of checks scattered through the code.
+Hydra composes YAML files from ``conf/``; each group is validated against the dataclass here. OmegaConf checks
+types and enum values at compose time (the error names the key and the allowed values). ``check_schema`` then walks
+the typed config: every numeric setting declares its range where it is defined (``ranged``), and a value outside it
+is refused with a ``ConfigError`` that names the key as the user wrote it; each group's ``check`` adds the rules
+across its keys. All of it runs before any work starts.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
+import math
+import os
 import re
+import sys
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -20,21 +26,87 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the key and what is allowed."""
 
 
-class Checked:
-    """Dataclasses whose ``check()`` runs once every value is filled in (defaults may still be MISSING
-    while Hydra builds the schema)."""
-
-    def __post_init__(self) -> None:
-        if not any(getattr(self, f.name) is MISSING or getattr(self, f.name) == MISSING for f in fields(self)):
-            self.check()
-
-    def check(self) -> None:
-        pass
+@contextlib.contextmanager
+def refusing_bad_values(multirun: bool = False) -> Iterator[None]:
+    """A ConfigError ends the process with its one-line message and exit status 2, no traceback
+    (HYDRA_FULL_ERROR=1 shows it). In a multirun it is re-raised: Hydra records that job as failed and runs the
+    others."""
+    try:
+        yield
+    except ConfigError as e:
+        if multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: allowed {allowed}")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting (or each element of a numeric list or dict) allows: from `low` to `high`, either
+    end open or absent; `null` says what null means where null is allowed."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    null: Optional[str] = None
+    integer: bool = False
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.null is not None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        text = f"{kind} {' and '.join(parts)}" if parts else kind
+        return f"{text}, or null ({self.null})" if self.null is not None else text
+
+
+def ranged(default: Any = MISSING, *, low: Optional[float] = None, high: Optional[float] = None,
+           low_open: bool = False, high_open: bool = False, null: Optional[str] = None, factory=None,
+           integer: bool = False) -> Any:
+    """A dataclass field with its range (integer fields: ``integer=True``, said in the messages)."""
+    meta = {"range": Range(low, high, low_open, high_open, null, integer)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def count(default: Any = MISSING, low: int = 0, null: Optional[str] = None, **kw) -> Any:
+    """An integer setting >= `low` (0 unless given)."""
+    return ranged(default, low=low, null=null, integer=True, **kw)
+
+
+def positive(default: Any = MISSING, null: Optional[str] = None, **kw) -> Any:
+    """A number > 0 (learning rates, multipliers, seconds)."""
+    return ranged(default, low=0, low_open=True, null=null, **kw)
+
+
+def weight(default: Any = MISSING, null: Optional[str] = None, **kw) -> Any:
+    """A number >= 0 (loss weights, decay)."""
+    return ranged(default, low=0, null=null, **kw)
+
+
+class Checked:
+    """A config group: its fields' ranges are checked by ``check_schema``, then its own ``check`` (the rules across
+    its keys), given the group's key (``schedule.joint``) so that messages name what the user wrote."""
+
+    def check(self, at: str) -> None:
+        pass
 
 
 class Study(str, enum.Enum):
@@ -128,20 +200,16 @@ class WriteMode(str, enum.Enum):
 @dataclass
 class BackboneConf(Checked):
     name: str = MISSING                 # a key of recondec.models.backbones.BACKBONES
-    width: float = 1.0                  # channel multiplier (vgg16_small)
-    image_size: int = 224
-    dropout: float = 0.5
-    classifier_width: int = 4096        # fc6 / fc7 units
+    width: float = positive(1.0)        # channel multiplier (vgg16_small)
+    image_size: int = count(224, low=1)  # the backbone's own rule (a multiple of 32, ...): checks.py
+    dropout: float = ranged(0.5, low=0, high=1, high_open=True)
+    classifier_width: int = count(4096, low=1)  # fc6 / fc7 units
     # a local torchvision-format state dict, or torchvision's weights name for it (IMAGENET1K_V1, DEFAULT)
     pretrained: Optional[str] = None
     channel_order: ChannelOrder = ChannelOrder.rgb  # what the weights expect; the data stays RGB
-    # the decoders' initialisation. `reference` trains under SGD only after long layer-wise warm starts (the
-    # upper blocks sit on a plateau for hundreds of steps, README); the CPU-scale presets use `he`
+    # the decoders' initialisation. `reference` trains under SGD only after long layer-wise warm starts (the upper
+    # blocks sit on a plateau for hundreds of steps: docs/recipe.md); vgg16_small uses `he`
     decoder_init: DecoderInit = DecoderInit.reference
-
-    def check(self) -> None:  # the name, the size rule and the weights are checked against the registry: checks.py
-        _require(self.width > 0, "backbone.width", "a positive multiplier", self.width)
-        _require(0 <= self.dropout < 1, "backbone.dropout", "a value in [0, 1)", self.dropout)
 
 
 @dataclass
@@ -154,9 +222,9 @@ class VariantConf(Checked):
     # "fc6" / "fc7" / "fc8" for the reconstruction study
     decode_from: Optional[str] = None
 
-    def check(self) -> None:
+    def check(self, at: str) -> None:
         if self.topology is Topology.layerwise:
-            _require(self.losses is LossLevels.all and self.decode_from is None, "variant.losses",
+            _require(self.losses is LossLevels.all and self.decode_from is None, f"{at}.losses",
                      "'all' with decode_from=null for a layer-wise decoder", self.losses.value)
 
 
@@ -164,32 +232,23 @@ class VariantConf(Checked):
 class LossConf(Checked):
     form: LossForm = LossForm.reference
     detach_targets: bool = False        # the reference code lets the loss flow into the target activation
-    classification: float = 1.0
+    classification: float = weight(1.0)
     # weight per level, in the chosen form; levels a variant does not use are ignored
-    weights: dict[str, float] = field(default_factory=dict)
-    default_weight: Optional[float] = None  # for feature levels not listed (e.g. AlexNet's conv3 / conv4)
-
-    def check(self) -> None:
-        _require(self.classification >= 0, "loss.classification", "a weight >= 0", self.classification)
-        for level, w in self.weights.items():
-            _require(w >= 0, f"loss.weights.{level}", "a weight >= 0", w)
-        _require(self.default_weight is None or self.default_weight >= 0, "loss.default_weight",
-                 "a weight >= 0 or null", self.default_weight)
+    weights: dict[str, float] = weight(factory=dict)
+    default_weight: Optional[float] = weight(None, null="feature levels without a weight are an error")
 
 
 @dataclass
 class StageConf(Checked):
-    epochs: int = 0
-    lr: float = 0.01
+    epochs: int = count(0)
+    lr: float = positive(0.01)
     freeze_encoder: bool = False
     # true: the LR is chosen when the stage starts, by the supplement's rule for decoder LRs (an LR range test
     # over schedule.pretrain.lr_candidates, largest loss drop); for a stage with the encoder frozen
     probe_lr: bool = False
 
-    def check(self) -> None:
-        _require(self.epochs >= 0, "schedule.<stage>.epochs", "an integer >= 0", self.epochs)
-        _require(self.lr > 0, "schedule.<stage>.lr", "a learning rate > 0", self.lr)
-        _require(not self.probe_lr or self.freeze_encoder, "schedule.<stage>.probe_lr",
+    def check(self, at: str) -> None:
+        _require(not self.probe_lr or self.freeze_encoder, f"{at}.probe_lr",
                  "true only for a stage with freeze_encoder=true (it probes the decoder)", self.probe_lr)
 
 
@@ -198,58 +257,46 @@ class PretrainConf(Checked):
     """Layer-wise decoder pre-training, the reference's warm start for the stacked decoders: every decoder block
     reconstructs the level below from the frozen encoder's clean activation (and switches), loss weight 1 in the
     reference (sum) form, one LR per block; the stacked decoder then starts from those blocks."""
-    epochs: int = 0                     # 0: off
+    epochs: int = count(0)              # 0: off
     # LR per block, keyed by the level the block decodes from (its macro-layer's output: pool1 .. pool5), for the
     # sum-form loss. A block without an entry gets the supplement's rule: an LR range test (below).
-    lrs: dict[str, float] = field(default_factory=dict)
-    lr_candidates: list[float] = field(default_factory=lambda: [10.0 ** -k for k in range(0, 13)])
-    probe_steps: int = 20               # per candidate; the LR with the largest loss drop wins
-    probe_batches: int = 4              # training batches the probe cycles through (their features are cached)
+    lrs: dict[str, float] = positive(factory=dict)
+    lr_candidates: list[float] = positive(factory=lambda: [10.0 ** -k for k in range(0, 13)])
+    probe_steps: int = count(20, low=2)  # per candidate; the LR with the largest loss drop wins
+    probe_batches: int = count(4, low=1)  # training batches the probe cycles through (their features are cached)
 
     freeze_encoder = True  # not a config key: pre-training never touches the encoder
 
-    def check(self) -> None:
-        _require(self.epochs >= 0, "schedule.pretrain.epochs", "an integer >= 0", self.epochs)
-        for level, lr in self.lrs.items():
-            _require(lr > 0, f"schedule.pretrain.lrs.{level}", "a learning rate > 0", lr)
-        _require(bool(self.lr_candidates) and min(self.lr_candidates) > 0, "schedule.pretrain.lr_candidates",
-                 "a non-empty list of learning rates > 0", self.lr_candidates)
-        _require(self.probe_steps >= 2 and self.probe_batches >= 1, "schedule.pretrain.probe_steps",
-                 "probe_steps >= 2 and probe_batches >= 1", (self.probe_steps, self.probe_batches))
+    def check(self, at: str) -> None:
+        _require(bool(self.lr_candidates), f"{at}.lr_candidates", "a non-empty list of learning rates > 0",
+                 self.lr_candidates)
 
 
 @dataclass
 class ScheduleConf(Checked):
     optimizer: Optimizer = Optimizer.sgd
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
+    momentum: float = ranged(0.9, low=0, high=1, high_open=True)
+    weight_decay: float = weight(5e-4)
+    batch_size: int = count(64, low=1)
     lr_schedule: LRSchedule = LRSchedule.cosine
-    warmup_epochs: float = 0.0
-    step_epochs: list[int] = field(default_factory=list)   # for lr_schedule=step: epochs at which lr *= step_gamma
-    step_gamma: float = 0.1
+    warmup_epochs: float = weight(0.0)
+    step_epochs: list[int] = count(factory=list)  # for lr_schedule=step: epochs at which lr *= step_gamma
+    step_gamma: float = positive(0.1)
     train_crop: TrainCrop = TrainCrop.random_resized  # training augmentation of the image-folder loaders
-    bias_lr_mult: float = 1.0           # Caffe's lr_mult for biases (2 in the reference VGG recipe)
-    bias_decay_mult: float = 1.0        # Caffe's decay_mult for biases (0 in the reference VGG recipe)
+    bias_lr_mult: float = positive(1.0)  # Caffe's lr_mult for biases (2 in the reference VGG recipe)
+    bias_decay_mult: float = weight(1.0)  # Caffe's decay_mult for biases (0 in the reference VGG recipe)
     # semi-supervised (data.labels_per_class): each step also draws this many unlabelled images, which enter the
     # reconstruction terms only (every stage with a decoder; the baseline ignores them). 0: off
-    unlabelled_batch_size: int = 0
+    unlabelled_batch_size: int = count(0)
     # stage 0: decoder blocks one by one on clean activations (the warm start; 0 epochs = off);
     # stage 1: decoders only (encoder frozen); stage 2: everything jointly
     pretrain: PretrainConf = field(default_factory=PretrainConf)
     decoder: StageConf = field(default_factory=lambda: StageConf(epochs=0, lr=0.01, freeze_encoder=True))
     joint: StageConf = field(default_factory=lambda: StageConf(epochs=1, lr=0.01, freeze_encoder=False))
 
-    def check(self) -> None:
-        _require(self.batch_size > 0, "schedule.batch_size", "an integer > 0", self.batch_size)
-        _require(self.unlabelled_batch_size >= 0, "schedule.unlabelled_batch_size", "an integer >= 0 (0: off)",
-                 self.unlabelled_batch_size)
-        _require(self.weight_decay >= 0, "schedule.weight_decay", "a value >= 0", self.weight_decay)
-        _require(self.warmup_epochs >= 0, "schedule.warmup_epochs", "a value >= 0", self.warmup_epochs)
-        _require(self.pretrain.epochs + self.decoder.epochs + self.joint.epochs > 0, "schedule.joint.epochs",
+    def check(self, at: str) -> None:
+        _require(self.pretrain.epochs + self.decoder.epochs + self.joint.epochs > 0, f"{at}.joint.epochs",
                  "at least one epoch over all stages", self.joint.epochs)
-        _require(self.bias_lr_mult > 0 and self.bias_decay_mult >= 0, "schedule.bias_lr_mult/bias_decay_mult",
-                 "lr mult > 0 and decay mult >= 0", (self.bias_lr_mult, self.bias_decay_mult))
 
 
 @dataclass
@@ -260,26 +307,19 @@ class FFCVConf(Checked):
     os_cache: bool = False              # True: the whole file in the page cache (small sets, or RAM to spare)
     order: Order = Order.quasi_random   # random | quasi_random | sequential
     distributed: bool = False
-    batch_timeout_s: float = 120.0      # no batch within this time -> a clear error, never a hang
-    max_resolution: int = 256
+    batch_timeout_s: float = positive(120.0)  # no batch within this time -> a clear error, never a hang
+    max_resolution: int = count(256, low=1)
     write_mode: WriteMode = WriteMode.smart  # raw | jpg | proportion | smart (raw up to ~96x96 px, JPEG above)
-    jpeg_quality: int = 90
-    compress_probability: float = 0.5
-    num_workers: int = 16               # writer processes
+    jpeg_quality: int = count(90, low=1, high=100)
+    compress_probability: float = ranged(0.5, low=0, high=1)
+    num_workers: int = count(16, low=1)  # writer processes
     strict: bool = False                # stop at the first bad image instead of skipping it
-
-    def check(self) -> None:
-        _require(1 <= self.jpeg_quality <= 100, "data.ffcv.jpeg_quality", "an integer in [1, 100]", self.jpeg_quality)
-        _require(0 <= self.compress_probability <= 1, "data.ffcv.compress_probability", "a value in [0, 1]",
-                 self.compress_probability)
-        _require(self.batch_timeout_s > 0, "data.ffcv.batch_timeout_s", "seconds > 0", self.batch_timeout_s)
 
 
 @dataclass(frozen=True)
 class DatasetKind:
     """What checks and loaders need to know of a data set: asked of this description, never of its name."""
-    builtin: bool = False               # read by data/builtin.py (memory loader, or a .beton written on first use);
-    #                                     stored in random order, so its first N images are a random N
+    builtin: bool = False               # read by data/builtin.py (memory loader, or a .beton written on first use)
     classes_from_folders: bool = False  # data.num_classes=null: the class folders of <data.root>/train
 
 
@@ -297,46 +337,46 @@ class DataConf(Checked):
     name: str = MISSING                 # digits | fashion_mnist | imagenet | folder
     loader: Loader = Loader.memory
     root: Optional[str] = None          # data on disk (ImageFolder root with train/ and val/, or the idx files)
-    num_classes: Optional[int] = MISSING  # data=folder: null counts the class folders of <root>/train
+    num_classes: Optional[int] = count(MISSING, low=1, null="data=folder: the class folders of <root>/train")
     # 0-1 scale, RGB. null: the pretrained weights' own (torchvision's weights metadata), else ImageNet's
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    mean: Optional[list[float]] = ranged(None, low=0, high=1, null="the weights' own, else ImageNet's")
+    std: Optional[list[float]] = positive(None, null="the weights' own, else ImageNet's")
     # built-in sets: training images held out as the validation set (stratified, the same for every run), which
     # selects (best.pt, LR probes, weights, epochs); the official test set is read once, at the end of a run.
     # Image folders: null (their val/ folder validates, an optional test/ folder is the test set)
-    val_size: Optional[int] = None
-    train_limit: Optional[int] = None   # use only the first N of the remaining training images (quick runs)
+    val_size: Optional[int] = count(None, low=1, null="image folders: their val/ folder")
+    # use only the first N of the remaining training images (quick runs)
+    train_limit: Optional[int] = count(None, low=1, null="all")
     # K labelled images per class (stratified, drawn with split_seed); the rest of the training pool is unlabelled
     # (schedule.unlabelled_batch_size > 0) or unused. null: every training image is labelled
-    labels_per_class: Optional[int] = None
-    split_seed: Optional[int] = None    # which images are labelled; null: trainer.seed (one subset per seed)
-    val_limit: Optional[int] = None     # validate on the first N validation images only
-    test_limit: Optional[int] = None    # test on the first N test images only
-    test_fraction: float = 0.2          # digits (no official split): the share of its images that is the test set
-    num_workers: int = 2                # loader workers
+    labels_per_class: Optional[int] = count(None, low=1, null="every training image is labelled")
+    # which images are labelled; null: trainer.seed (one subset per seed)
+    split_seed: Optional[int] = count(None, null="trainer.seed")
+    val_limit: Optional[int] = count(None, low=1, null="all")   # validate on the first N validation images only
+    test_limit: Optional[int] = count(None, low=1, null="all")  # test on the first N test images only
+    # digits (no official split): the share of its images that is the test set
+    test_fraction: float = ranged(0.2, low=0, high=1, low_open=True, high_open=True)
+    num_workers: int = count(2)         # loader workers
     ffcv: FFCVConf = field(default_factory=FFCVConf)
 
-    def check(self) -> None:
+    def check(self, at: str) -> None:
         import os
 
-        _require((self.mean is None or len(self.mean) == 3) and (self.std is None or (len(self.std) == 3 and
-                 min(self.std) > 0)), "data.mean/data.std", "null or three values each, std > 0", (self.mean, self.std))
-        _require(0 < self.test_fraction < 1, "data.test_fraction", "a value in (0, 1)", self.test_fraction)
-        _require(self.labels_per_class is None or self.labels_per_class >= 1, "data.labels_per_class",
-                 "null (all labelled) or an integer >= 1", self.labels_per_class)
+        for key, value in (("mean", self.mean), ("std", self.std)):
+            _require(value is None or len(value) == 3, f"{at}.{key}", "null or three values (RGB)", value)
         kind = dataset_kind(self.name)
         if kind.builtin:
-            _require(self.loader is not Loader.torchvision, "data.loader", "memory or ffcv (the torchvision loader "
+            _require(self.loader is not Loader.torchvision, f"{at}.loader", "memory or ffcv (the torchvision loader "
                      f"reads image folders; data={self.name} is built in)", self.loader.value)
-            _require(self.val_size is not None and self.val_size >= 1, "data.val_size",
+            _require(self.val_size is not None, f"{at}.val_size",
                      f"an integer >= 1 (data={self.name} holds validation images out of its training split)",
                      self.val_size)
         else:
-            _require(self.loader is not Loader.memory, "data.loader",
+            _require(self.loader is not Loader.memory, f"{at}.loader",
                      f"ffcv or torchvision (data={self.name} is an image folder)", self.loader.value)
-            _require(self.root is not None and os.path.isdir(str(self.root)), "data.root",
+            _require(self.root is not None and os.path.isdir(str(self.root)), f"{at}.root",
                      "an existing directory (set data.root=/path/to/data)", self.root)
-            _require(self.val_size is None, "data.val_size",
+            _require(self.val_size is None, f"{at}.val_size",
                      f"null (data={self.name} is an image folder: its val/ folder is the validation set)",
                      self.val_size)
 
@@ -348,40 +388,33 @@ class TrainerConf(Checked):
     channels_last: bool = False
     compile: bool = False               # torch.compile the step (forward and loss terms as one graph); trainer=gpu: on
     deterministic: bool = False         # True: bit-reproducible CPU runs (slower)
-    seed: int = 0
-    log_every_n_steps: int = 20
-    val_every_n_epochs: int = 1
-    recon_images: int = 8               # images in each reconstruction grid
-    figures_every_n_epochs: int = 5     # reconstruction grids and val SSIM (costly) during training; always at the end
-    max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke tests)
+    seed: int = count(0)
+    log_every_n_steps: int = count(20, low=1)
+    val_every_n_epochs: int = count(1, low=1)
+    recon_images: int = count(8, low=1)  # images in each reconstruction grid
+    # reconstruction grids and val SSIM (costly) during training; always at the end
+    figures_every_n_epochs: int = count(5, low=1)
+    max_steps_per_epoch: Optional[int] = count(None, low=1, null="whole epochs")  # cut epochs short (smoke tests)
     progress: bool = True
-    checkpoint_every_n_steps: Optional[int] = None  # also checkpoint within epochs (long epochs, preemption)
+    # also checkpoint within epochs (long epochs, preemption)
+    checkpoint_every_n_steps: Optional[int] = count(None, low=1, null="at the end of every epoch only")
     nonfinite: NonFinite = NonFinite.stop  # what a NaN/inf loss does
-    devices: int = 1                    # >1: spawn that many DDP processes inside the job (gloo on CPU, NCCL on GPU)
+    devices: int = count(1, low=1)      # >1: spawn that many DDP processes inside the job (gloo on CPU, NCCL on GPU)
     # also evaluate the final model on 10 crops (corners, centre, mirrored) of the 256/224 view: the paper's second
     # protocol
     ten_crop: bool = False
     test: bool = True                   # evaluate the final model on the test set, once, at the end of the run
     # the objective's diagnostics at every validation (grad_share/*, encoder/rel_change) use this many fixed
     # validation batches; the live-decoder guard uses the first
-    diagnostic_batches: int = 2
+    diagnostic_batches: int = count(2, low=1)
     dead_decoder: DeadDecoder = DeadDecoder.error
     # a loss-carrying reconstruction whose spread over a batch is below this share of its target's is dead
-    dead_decoder_threshold: float = 1e-6
+    dead_decoder_threshold: float = ranged(1e-6, low=0, high=1, high_open=True)
 
-    def check(self) -> None:
+    def check(self, at: str) -> None:
         # a string, not an enum: cuda:N names one of N devices
-        _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "trainer.device",
+        _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, f"{at}.device",
                  "auto, cpu, cuda or cuda:N", self.device)
-        _require(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps > 0,
-                 "trainer.checkpoint_every_n_steps", "an integer > 0 or null", self.checkpoint_every_n_steps)
-        _require(self.devices >= 1, "trainer.devices", "an integer >= 1", self.devices)
-        _require(self.figures_every_n_epochs >= 1, "trainer.figures_every_n_epochs", "an integer >= 1",
-                 self.figures_every_n_epochs)
-        _require(self.diagnostic_batches >= 1, "trainer.diagnostic_batches", "an integer >= 1",
-                 self.diagnostic_batches)
-        _require(0 <= self.dead_decoder_threshold < 1, "trainer.dead_decoder_threshold", "a value in [0, 1)",
-                 self.dead_decoder_threshold)
 
 
 @dataclass
@@ -401,29 +434,25 @@ class ClassifierConf(Checked):
     once per (backbone, data, classifier settings), cached under a key derived from them, its own MLflow run, and
     reused by every job and every later grid with the same settings. epochs=0: off (backbone.pretrained or the
     initialisation is the start)."""
-    epochs: int = 0
+    epochs: int = count(0)
     # null: trainer.seed (one classifier per seed, so a verdict is over classifiers); a number: one classifier shared
     # by every seed of a grid
-    seed: Optional[int] = None
+    seed: Optional[int] = count(None, null="trainer.seed")
     schedule: Optional[ScheduleConf] = None  # how it is trained; None: the job's own schedule (its joint stage)
     cache_dir: str = "${repo_root:}/multirun/classifiers"  # <cache_dir>/<key>/: encoder.pt, the run's outputs
-
-    def check(self) -> None:
-        _require(self.epochs >= 0, "classifier.epochs", "an integer >= 0", self.epochs)
 
 
 @dataclass
 class ReconStudyConf(Checked):
     """The reconstruction study (study=recon): decoders trained on a frozen classifier, one per level. The
     classifier is backbone.pretrained, or trained once and cached (classifier.epochs)."""
-    decoder_epochs: int = 3
+    decoder_epochs: int = count(3, low=1)
     levels: list[str] = field(default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5",
                                                        "fc6", "fc7", "fc8"])
-    figure_images: int = 4
+    figure_images: int = count(4, low=1)
 
-    def check(self) -> None:
-        _require(self.decoder_epochs > 0, "recon.decoder_epochs", "an integer > 0", self.decoder_epochs)
-        _require(bool(self.levels), "recon.levels", "a non-empty list of levels", self.levels)
+    def check(self, at: str) -> None:
+        _require(bool(self.levels), f"{at}.levels", "a non-empty list of levels", self.levels)
 
 
 @dataclass
@@ -468,20 +497,52 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
 
+def numeric_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """{name: (field, the number type)} of a dataclass's int / float fields, Optional or not, and of its lists and
+    dicts of numbers (bools are not numbers here)."""
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in fields(cls):
+        t = hints[f.name]
+        if typing.get_origin(t) is typing.Union:
+            t = next(a for a in typing.get_args(t) if a is not type(None))
+        if typing.get_origin(t) in (list, dict):
+            t = typing.get_args(t)[-1]
+        if t in (int, float):
+            found[f.name] = (f, t)
+    return found
+
+
+def _check_ranges(node: Any, at: str) -> None:
+    for name, (f, _) in numeric_fields(type(node)).items():
+        rng: Range = f.metadata["range"]
+        value, key = getattr(node, name), f"{at}.{name}" if at else name
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+        if items is None:
+            _require(rng.admits(value), key, rng.describe(), value)
+            continue
+        for k, v in items:
+            _require(v is not None and rng.admits(v), f"{key}.{k}" if isinstance(value, dict) else key,
+                     f"{rng.describe().split(', or null')[0]} for each element", v if isinstance(value, dict) else value)
+
+
+def _walk(node: Any, at: str = "") -> None:
+    """Every group's ranges, then its own check, depth first: the messages name each key by its full path."""
+    if isinstance(node, Checked):
+        _check_ranges(node, at)
+    for f in fields(node):
+        child = getattr(node, f.name)
+        if is_dataclass(child):
+            _walk(child, f"{at}.{f.name}" if at else f.name)
+    if isinstance(node, Checked):
+        node.check(at)
+
+
 def check_schema(cfg: DictConfig) -> Config:
-    """Run every range check of the schema (the dataclasses' __post_init__) and the checks across groups, and
-    return the typed config object. checks.validate adds what needs the layers above (registry, files, weights)."""
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except Exception as e:  # OmegaConf wraps errors raised inside __post_init__
-        cause = e.__cause__ or e.__context__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(e.__cause__, ConfigError):
-            raise e.__cause__ from None
-        raise
+    """Every range of the schema and every group's rules, then the rules across groups; returns the typed config
+    object. checks.validate adds what needs the layers above (the registry, files, weights, the data's labels)."""
+    obj = OmegaConf.to_object(cfg)
+    _walk(obj)
     _require(obj.study != Study.recon or obj.classifier.epochs or obj.backbone.pretrained, "classifier.epochs",
              "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
              obj.classifier.epochs)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from recondec.config import REPO_ROOT, DataConf, FFCVConf, dataset_kind
+from recondec.config import REPO_ROOT, ConfigError, DataConf, FFCVConf, dataset_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 VAL_LABEL_FILES = ("val_labels.txt", "val.txt")  # for a flat val/ folder: "<file name> <class index>" per line
@@ -497,6 +497,9 @@ def write_dataset(data: DataConf) -> dict[str, WriteResult]:
         return {s: write_arrays(arrays[s].images, arrays[s].labels, beton_path(data, s), data.ffcv) for s in splits}
     if not data.root:
         raise ValueError(f"data.root is not set: {prepare_command(data)}")
-    classes = list_classes(Path(data.root) / "train")
-    listings = {s: list_split(data.root, s, classes) for s in splits}  # raises before any file is written
+    try:  # every split listed (folders there, classes those of train/) before any file is written
+        classes = list_classes(Path(data.root) / "train")
+        listings = {s: list_split(data.root, s, classes) for s in splits}
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"data.root={data.root!r} is invalid: {e}") from None
     return {s: write_listing(listings[s], beton_path(data, s), data.ffcv, desc=s) for s in splits}

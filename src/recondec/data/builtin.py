@@ -116,6 +116,14 @@ def load_builtin(name: str, root: str | None = None, test_fraction: float = 0.2)
     raise ValueError(f"data.name={name!r} is not a built-in data set: allowed digits, fashion_mnist")
 
 
+def training_labels(name: str, root: str | None = None, test_fraction: float = 0.2) -> np.ndarray:
+    """The labels of a built-in set's training source, without decoding its images where the files allow it."""
+    folder = root or FASHION_MNIST_DIR
+    if name == "fashion_mnist" and has_idx_files(folder):
+        return _read_idx(_idx_paths(folder, "train")[1], 8).astype(np.int64)
+    return load_builtin(name, root, test_fraction)[0].labels
+
+
 def limit(split: ArraySplit, n: int | None) -> ArraySplit:
     return split if n is None else ArraySplit(split.images[:n], split.labels[:n])
 
