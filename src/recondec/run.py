@@ -88,13 +88,31 @@ def pairing_key(cfg: Config) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
+def machine_tags(cfg: Config) -> dict[str, str]:
+    """Where a run's numbers come from: the torch version and the device it trained on (with MLflow's own
+    mlflow.source.git.commit, what a report's table says it was measured with)."""
+    import os
+    import platform
+
+    device = resolve_device(cfg.trainer.device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.is_file() else []
+        name = f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return {"torch": torch.__version__, "device": name}
+
+
 def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
     from recondec.tracking.mlflow_logger import MlflowTracker
 
     tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
             "seed": str(cfg.trainer.seed), "pairing": pairing_key(cfg),
             "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
-            "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **cfg.logger.tags}
+            "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **machine_tags(cfg),
+            **cfg.logger.tags}
     if cfg.schedule.unlabelled_batch_size and cfg.variant.topology != "none":
         tags["arm"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
     if info.parent_run_id:

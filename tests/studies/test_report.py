@@ -1,6 +1,7 @@
 """The report's numbers are exactly what MLflow stores, aggregated over seeds, and its statistics are the tests
 that fit the grid's design: paired where the seeds pair the runs, Holm over the verdicts' p-values, and the
 minimum detectable effect from the noncentral t distribution."""
+import json
 import math
 from statistics import mean, stdev
 
@@ -58,7 +59,9 @@ def test_report_aggregates_the_last_test_values_mlflow_stores(store, tmp_path):
     text = path.read_text()
     assert "Numbers from the test set" in text and "99.00" not in text  # the validation top-1 selects, never reports
     assert f"{mean(TOP1['swwae_all']):.2f} ± {stdev(TOP1['swwae_all']):.2f}" in text
-    assert "| top-1 10-crop (%) |" in text.splitlines()[4]
+    header = next(line for line in text.splitlines() if line.startswith("| row | seeds |"))
+    assert "| top-1 10-crop (%) |" in header
+    assert "Report: `python src/report.py grid`" in text and "runs from" in text and "min of runs" in text
     assert f"{mean(TOP1['swwae_all']) + 0.5:.2f} ± {stdev(TOP1['swwae_all']):.2f}" in text
     assert "| baseline | 3 | 20.00 ± 0.00 | 20.00 ± 10.00 |" in text  # the diagnostics table, in %
     # the seeds pair the runs: the verdict is the paired test's
@@ -70,6 +73,10 @@ def test_report_aggregates_the_last_test_values_mlflow_stores(store, tmp_path):
     assert "no difference from the baseline detected" in text.split("**sae_first**")[1].splitlines()[0]
     assert "beats the baseline" in text.split("**swwae_all**")[1].splitlines()[0]
     assert (tmp_path / "out" / "accuracy_per_variant.png").stat().st_size > 1000
+    records = json.loads((tmp_path / "out" / "comparisons.json").read_text())["comparisons"]
+    swwae = next(r for r in records if r["row"] == "swwae_all")
+    assert swwae["design"] == "paired" and swwae["diff"] == pytest.approx(c.diff) and swwae["family"] == 3
+    assert swwae["mde"] == pytest.approx(minimum_detectable_effect(c.test.se, c.test.df, 0.05 / 3))
     summary = mlflow.get_run(run_id)
     assert summary.data.tags["summary"] == "true"
     assert summary.info.experiment_id == mlflow.get_experiment_by_name("grid").experiment_id
@@ -162,3 +169,20 @@ def test_verdicts_follow_holms_p_and_say_what_the_seeds_could_miss():
 def test_unknown_experiment_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no MLflow experiment named 'nope'"):
         finished_runs(f"sqlite:///{tmp_path}/m.db", "nope")
+
+
+def test_the_results_page_is_generated_from_the_reports_and_links_what_exists(store, tmp_path):
+    from recondec.tracking.report import write_results_page
+
+    reports = tmp_path / "reports"
+    write_report(store, "grid", reports / "lowlabel_fmnist")  # one label budget of the across-budget plot
+    page = write_results_page(reports, tmp_path / "docs" / "results.md")
+    text = page.read_text()
+    assert "## What the suite says about the claim" in text and "## lowlabel_fmnist" in text
+    assert "Better than its reference after Holm's correction: swwae_all in lowlabel_fmnist" in text
+    assert "| lowlabel_fmnist | sae_first | " in text
+    assert (reports / "label_budgets.png").stat().st_size > 1000
+    import re
+
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert (page.parent / link).resolve().is_file(), link

@@ -336,16 +336,61 @@ def _mlflow_name(row: str) -> str:
     return row.replace("+", "_with_")  # MLflow names take no "+"
 
 
+def provenance(runs) -> str:
+    """When, with what code and on what machine the runs were made, and the grid's wall time."""
+    from datetime import datetime, timezone
+
+    def day(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    starts = [r.info.start_time for r in runs]
+    ends = [r.info.end_time or r.info.start_time for r in runs]
+    busy = sum(e - b for b, e in zip(starts, ends)) / 60_000
+    tags = [r.data.tags for r in runs]
+
+    def values(key: str, width: Optional[int] = None) -> str:
+        return ", ".join(sorted({t.get(key, "?")[:width] for t in tags}))
+
+    return (f"{len(runs)} runs from {day(min(starts))} to {day(max(ends))}: {(max(ends) - min(starts)) / 60_000:.0f} "
+            f"min from the first start to the last end, {busy:.0f} min of runs. Commit {values('mlflow.source.git.commit', 7)}"
+            f"; torch {values('torch')}; {values('device')}.")
+
+
+def commands(experiment: str) -> str:
+    from recondec.config import CONF_DIR
+
+    if (CONF_DIR / "experiment" / f"{experiment}.yaml").is_file():
+        return (f"Reproduce: `python src/main.py -m experiment={experiment}`, then "
+                f"`python src/report.py {experiment}`.")
+    return f"Report: `python src/report.py {experiment}` (the runs of the MLflow experiment {experiment!r})."
+
+
+def comparison_records(comps: dict[str, Comparison], against: str) -> list[dict]:
+    """What docs/results.md and the label-budget plot read back (reports/<experiment>/comparisons.json)."""
+    return [{"row": row, "against": against, "design": c.design, "n": c.test.n, "diff": c.diff, "ci": list(c.ci),
+             "p": c.p, "p_holm": c.p_holm, "mde": c.mde, "family": c.family,
+             "verdict": verdict(c, against=against)} for row, c in comps.items()]
+
+
 def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optional[str] = None) -> tuple[Path, str]:
-    """Write report.md and the plots into out_dir and log them to MLflow as one summary run."""
+    """Write report.md, comparisons.json and the plots into out_dir and log them to MLflow as one summary run."""
+    import json
+
     import matplotlib.pyplot as plt
 
-    table = collect(finished_runs(tracking_uri, experiment, sweep))
+    runs = finished_runs(tracking_uri, experiment, sweep)
+    table = collect(runs)
     if not table:
         raise ValueError(f"experiment {experiment!r} has no finished runs to report on")
-    comps = comparisons(table)
+    comps, unlabelled = comparisons(table), unlabelled_comparisons(table)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(markdown(table, experiment, comps, unlabelled_comparisons(table)))
+    text = markdown(table, experiment, comps, unlabelled)
+    head, rest = text.split("\n", 1)
+    (out_dir / "report.md").write_text(f"{head}\n\n{commands(experiment)} {provenance(runs)}\n{rest}")
+    records = {"experiment": experiment, "split": reported_split(table),
+               "labels_per_class": _common_param(runs, "data.labels_per_class"),
+               "comparisons": comparison_records(comps, "baseline") + comparison_records(unlabelled, "no unlabelled")}
+    (out_dir / "comparisons.json").write_text(json.dumps(records, indent=1))
     figures = {"accuracy_per_variant.png": plot_accuracy(table), "recon_error_per_level.png": plot_recon_error(table)}
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=120)
@@ -361,3 +406,142 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
                                 f"{v}/top1_mde": c.mde})
         mlflow.log_artifacts(str(out_dir), "report")
     return out_dir / "report.md", run.info.run_id
+
+
+def _common_param(runs, key: str) -> Optional[str]:
+    found = {r.data.params.get(key) for r in runs}
+    return found.pop() if len(found) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------- studies, docs
+def latest_study_run(tracking_uri: str, experiment: str):
+    """The newest finished reconstruction-study parent run of `experiment`, or None."""
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return None
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string="tags.role = 'study' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def write_recon_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
+    """The reconstruction study's table and figure (its parent run's artifacts) as reports/<experiment>/report.md."""
+    study = latest_study_run(tracking_uri, experiment)
+    if study is None:
+        raise ValueError(f"experiment {experiment!r} has no finished reconstruction study")
+    client = mlflow.MlflowClient(tracking_uri)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("recon_table.md", "recon_levels.png"):
+        local = Path(client.download_artifacts(study.info.run_id, f"report/{name}", str(out_dir / ".download")))
+        local.replace(out_dir / name)
+    children = client.search_runs([study.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{study.info.run_id}'")
+    text = (f"# {experiment}\n\n{commands(experiment)} {provenance([study, *children])}\n\n"
+            "Validation error of the image reconstructed from each level of the frozen classifier (SAE: fixed "
+            "unpooling, SWWAE: switches):\n\n" + (out_dir / "recon_table.md").read_text() +
+            "\n![reconstructions from each level](recon_levels.png)\n")
+    (out_dir / "report.md").write_text(text)
+    return out_dir / "report.md"
+
+
+DOCS_ORDER = ["lowlabel_fmnist", "lowlabel_fmnist_k100", "semi_fmnist", "finetune_fmnist_low", "finetune_fmnist",
+              "recon_fmnist"]
+BUDGETS = {"lowlabel_fmnist": ("10 per class", "from scratch"), "lowlabel_fmnist_k100": ("100 per class", "from scratch"),
+           "finetune_fmnist_low": ("100 per class", "fine-tuned"), "finetune_fmnist": ("all (5,500 per class)", "fine-tuned")}
+
+
+def _reports(reports_dir: Path) -> list[Path]:
+    found = {p.parent.name: p.parent for p in reports_dir.glob("*/report.md")}
+    return [found[n] for n in DOCS_ORDER if n in found] + [found[n] for n in sorted(found) if n not in DOCS_ORDER]
+
+
+def _claim_lines(folders: list[Path]) -> list[str]:
+    """Per experiment and row: the difference against the baseline, its interval, Holm's p and what could be missed."""
+    import json
+
+    lines = ["| experiment | row | Δ top-1 (points) | 95 % CI | test | Holm p | MDE (80 %) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    helped, hurt = [], []
+    for folder in folders:
+        path = folder / "comparisons.json"
+        if not path.is_file():
+            continue
+        for c in json.loads(path.read_text())["comparisons"]:
+            significant = c["p_holm"] == c["p_holm"] and c["p_holm"] < ALPHA
+            word = ("better" if c["diff"] > 0 else "worse") if significant else "no difference detected"
+            (helped if significant and c["diff"] > 0 else hurt if significant else []).append(
+                f"{c['row']} in {folder.name} ({c['diff']:+.2f} points)")
+            against = "" if c["against"] == "baseline" else f" (vs {c['against']})"
+            lines.append(f"| {folder.name} | {c['row']}{against} | {c['diff']:+.2f} | {_ci(tuple(c['ci']))} | "
+                         f"{c['design']}, {c['n']} | {_num(c['p_holm'])} | {_num(c['mde'], '.2f')} | {word} |")
+    summary = [f"Better than its reference after Holm's correction: {', '.join(helped) or 'none'}.",
+               f"Worse: {', '.join(hurt) or 'none'}. Every other row: no difference detected, with the MDE saying "
+               "how large a difference its seeds could have missed."]
+    return [*summary, "", *lines]
+
+
+def plot_label_budgets(folders: list[Path]):
+    """Δ top-1 against the baseline per variant, with 95 % CIs, across the label budgets that have a report."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = [f for f in folders if f.name in BUDGETS and (f / "comparisons.json").is_file()]
+    if not budgets:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    rows = [v for v in VARIANT_ORDER if v != "baseline"]
+    width = 0.8 / len(rows)
+    for j, folder in enumerate(budgets):
+        records = {c["row"]: c for c in json.loads((folder / "comparisons.json").read_text())["comparisons"]
+                   if c["against"] == "baseline"}
+        for i, row in enumerate(rows):
+            c = records.get(row)
+            if c is None:
+                continue
+            x = j + (i - (len(rows) - 1) / 2) * width
+            lo, hi = c["ci"]
+            ax.errorbar(x, c["diff"], yerr=[[c["diff"] - lo], [hi - c["diff"]]], fmt="o", capsize=2,
+                        color=f"C{i}", label=row if j == 0 else None)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(budgets)), [f"{BUDGETS[f.name][0]}\n{BUDGETS[f.name][1]}" for f in budgets], fontsize=8)
+    ax.set_ylabel("Δ test top-1 vs baseline (points)")
+    ax.set_title("each variant against the baseline, per label budget (95 % CI)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def write_results_page(reports_dir: Path, page: Path) -> Path:
+    """docs/results.md from every reports/<experiment>/: the claim in one table and one plot, then each report."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    folders = _reports(reports_dir)
+    rel = os.path.relpath(reports_dir, page.parent)
+    lines = ["# Results", "", "Generated by `python src/report.py --docs` from `reports/<experiment>/`, each written by "
+             "`python src/report.py <experiment>` from the runs of one MLflow experiment; not edited by hand. Every "
+             "number is a test-set number (validation selected everything), and every table says when, with what "
+             "commit and torch, and on what machine its runs were made.", "", "## What the suite says about the claim",
+             "", *_claim_lines(folders)]
+    fig = plot_label_budgets(folders)
+    if fig is not None:
+        fig.savefig(reports_dir / "label_budgets.png", dpi=120)
+        plt.close(fig)
+        lines += ["", f"![Δ top-1 per label budget]({rel}/label_budgets.png)"]
+    for folder in folders:
+        body = (folder / "report.md").read_text().splitlines()
+        lines += ["", f"## {folder.name}", "", f"Folder: [`reports/{folder.name}/`]({rel}/{folder.name}/report.md).",
+                  *[("#" + line if line.startswith("#") else line) for line in body[1:]]]
+        lines += [f"![{png.stem}]({rel}/{folder.name}/{png.name})" for png in sorted(folder.glob("*.png"))
+                  if png.name not in "\n".join(body)]
+    text = "\n".join(lines) + "\n"
+    text = text.replace("](recon_levels.png)", f"]({rel}/recon_fmnist/recon_levels.png)")
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text)
+    return page
