@@ -33,7 +33,7 @@ def load_variant(name: str) -> VariantConf:
 
 
 def expected_terms(variant: str, family: str) -> set[str]:
-    """PAPER.md's table: baseline none; -first the image only; -all and -layerwise every level."""
+    """docs/paper.md's table: baseline none; -first the image only; -all and -layerwise every level."""
     if variant == "baseline":
         return {"ce", "total"}
     levels = ["image"] if variant.endswith("_first") else ALL_LEVELS[family]

@@ -475,6 +475,8 @@ def _claim_lines(folders: list[Path]) -> list[str]:
             against = "" if c["against"] == "baseline" else f" (vs {c['against']})"
             lines.append(f"| {folder.name} | {c['row']}{against} | {c['diff']:+.2f} | {_ci(tuple(c['ci']))} | "
                          f"{c['design']}, {c['n']} | {_num(c['p_holm'])} | {_num(c['mde'], '.2f')} | {word} |")
+    if len(lines) == 2:
+        return ["No report yet: run a study (README, \"Studies\") and `python src/report.py <experiment>`."]
     summary = [f"Better than its reference after Holm's correction: {', '.join(helped) or 'none'}.",
                f"Worse: {', '.join(hurt) or 'none'}. Every other row: no difference detected, with the MDE saying "
                "how large a difference its seeds could have missed."]
