@@ -191,7 +191,7 @@ def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from recondec.training.benchmark import bench_variant, format_table, mean_of_runs
+    from recondec.tools.benchmark import bench_variant, format_table, mean_of_runs
     from recondec.training.loop import resolve_device
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,7 +218,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_profile(args: argparse.Namespace) -> None:
     from recondec.checks import validate
-    from recondec.models.profile import profile_table
+    from recondec.tools.profile import profile_table
 
     cfgs = {name: validate(cfg) for name, cfg in compose_variants(args, tempfile.gettempdir()).items()}
     first = next(iter(cfgs.values()))
@@ -243,7 +243,7 @@ def run_terms(args: argparse.Namespace) -> None:
 
     from recondec.checks import validate
     from recondec.config import CONF_DIR, register_schema
-    from recondec.training.term_shares import format_term_table, measure_term_shares
+    from recondec.tools.term_shares import format_term_table, measure_term_shares
 
     register_schema()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

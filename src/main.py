@@ -22,7 +22,8 @@ register_schema()
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     # imported here, not above: `--help`, `--cfg job` and `--info` need no torch, mlflow or matplotlib
-    from recondec.run import JobInfo, run_job
+    from recondec.job import JobInfo
+    from recondec.run import run_job
     from recondec.tracking.sweep import parent_run_id
 
     hc = HydraConfig.get()

@@ -488,6 +488,13 @@ def variant_names() -> list[str]:
     return [p.stem for p in sorted(options, key=order)]
 
 
+def variant_option(name: str) -> dict:
+    """conf/variant/<name>.yaml as the schema types it: the one description of a variant, which sub-jobs (the cached
+    classifier, the reconstruction study) compose instead of restating it."""
+    v = OmegaConf.merge(OmegaConf.structured(VariantConf), OmegaConf.load(CONF_DIR / "variant" / f"{name}.yaml"))
+    return OmegaConf.to_container(v, enum_to_str=True)
+
+
 def register_schema() -> None:
     """Register the schema (conf/config.yaml names it in its defaults list) and the ${repo_root:} resolver."""
     from hydra.core.config_store import ConfigStore

@@ -7,7 +7,7 @@ from recondec.config import CONF_DIR, BackboneConf, LossConf, LossForm, LossLeve
 from recondec.models import build_loss, build_model
 from recondec.models.backbones import ConvSpec
 from recondec.models.decoders import mirror_conv
-from recondec.models.profile import count_params
+from recondec.tools.profile import count_params
 from recondec.models.unpool import switch_unpool
 
 from ..conftest import VARIANTS

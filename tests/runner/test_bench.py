@@ -6,7 +6,7 @@ import pytest
 import torchvision
 
 import bench
-from recondec.training.benchmark import BenchRow, format_table, mean_of_runs
+from recondec.tools.benchmark import BenchRow, format_table, mean_of_runs
 
 from ..conftest import TINY
 
@@ -39,7 +39,7 @@ def test_the_job_loop_and_compiled_columns_show_their_share_of_the_bare_step():
 @pytest.mark.parametrize("configured", ["trainer.compile=false", "trainer.compile=true"])
 def test_the_compile_comparison_times_both_modes_whatever_the_config_says(monkeypatch, tmp_path, configured):
     """The main column is the configured step; --compile adds the other mode, each in its own column."""
-    from recondec.training import benchmark
+    from recondec.tools import benchmark
 
     monkeypatch.setattr(benchmark, "step_img_per_s", lambda conf, s, w: (300.0 if conf.trainer.compile else 100.0, 1e9))
     cfg = bench.compose_variants(argparse.Namespace(variants="", overrides=[*BENCH_TINY, configured]), str(tmp_path))

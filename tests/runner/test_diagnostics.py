@@ -9,7 +9,8 @@ import torch
 from recondec.checks import validate
 from recondec.config import LossForm, ScheduleConf
 from recondec.models.losses import euclidean
-from recondec.run import JobInfo, build_trainer, run_job
+from recondec.job import JobInfo, build_trainer
+from recondec.run import run_job
 from recondec.training import pretrain
 from recondec.training.diagnostics import DeadDecoderError, encoder_convs
 from recondec.training.pretrain import ProbeFailed, probe_lr

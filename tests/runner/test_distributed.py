@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from recondec.checks import validate
 from recondec.config import Config
-from recondec.run import JobInfo, build_trainer, run_job
+from recondec.job import JobInfo, build_trainer
+from recondec.run import run_job
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
 

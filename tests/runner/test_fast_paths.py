@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recondec.checks import validate
-from recondec.run import build_trainer
+from recondec.job import build_trainer
 
 from ..conftest import TINY, VARIANTS
 from .test_reliability import EXACT, assert_same_weights, run, weights

@@ -4,7 +4,7 @@ import torch
 from recondec.checks import validate
 from recondec.config import LossForm
 from recondec.models.losses import euclidean
-from recondec.run import build_trainer
+from recondec.job import build_trainer
 from recondec.training.pretrain import probe_lr
 from recondec.training.schedule import plan_stages
 

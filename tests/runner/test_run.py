@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from recondec.checks import validate
 from recondec.config import REPO_ROOT
 from recondec.models import build_model
-from recondec.run import JobInfo, run_job
+from recondec.job import JobInfo
+from recondec.run import run_job
 
 from ..conftest import TINY, VARIANTS
 

@@ -4,7 +4,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from torchvision.transforms import TenCrop
 
-from recondec.run import JobInfo, run_job
+from recondec.job import JobInfo
+from recondec.run import run_job
 from recondec.training.metrics import ten_crop_probs
 
 from ..conftest import TINY

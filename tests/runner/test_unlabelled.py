@@ -8,7 +8,8 @@ import torch
 from recondec.checks import validate
 from recondec.config import ConfigError
 from recondec.data import build_loaders
-from recondec.run import JobInfo, build_trainer, run_job
+from recondec.job import JobInfo, build_trainer
+from recondec.run import run_job
 
 from ..conftest import TINY
 

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from recondec.checks import validate
 from recondec.config import ConfigError
-from recondec.run import JobInfo, run_job
+from recondec.job import JobInfo
+from recondec.run import run_job
 from recondec.training.loop import Trainer
 
 from ..conftest import VARIANTS

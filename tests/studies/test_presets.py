@@ -7,7 +7,8 @@ import pytest
 
 from recondec.checks import validate
 from recondec.config import ConfigError, variant_names
-from recondec.run import JobInfo, run_job
+from recondec.job import JobInfo
+from recondec.run import run_job
 from recondec.studies.recon import run_recon_study
 
 from ..conftest import TINY

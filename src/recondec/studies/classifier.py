@@ -15,13 +15,14 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recondec.config import ConfigError, PretrainConf, StageConf
+from recondec.checks import validate
+from recondec.config import Config, ConfigError, PretrainConf, StageConf, variant_option
+from recondec.job import JobInfo, JobResult, launch
 from recondec.training import checkpoint as ckpt
+from recondec.training.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 # settings that change how fast the classifier learns, or what it is evaluated on, not its weights (the classifier
@@ -73,8 +74,7 @@ def classifier_job(cfg: DictConfig, folder: Path) -> DictConfig:
     """The job that trains the classifier: the baseline under the classifier's schedule and seed."""
     sub = cfg.copy()
     OmegaConf.set_struct(sub, False)
-    values = {"variant": {"name": "baseline", "topology": "none", "unpool": "fixed", "losses": "first",
-                          "decode_from": None},
+    values = {"variant": variant_option("baseline"),
               "schedule": classifier_schedule(cfg), "data": classifier_data(cfg),
               "trainer.seed": classifier_seed(cfg), "trainer.test": False,  # nothing of the test set before the end
               "classifier.epochs": 0,
@@ -95,31 +95,38 @@ def _locked(path: Path):
         yield
 
 
-def with_classifier(cfg: DictConfig, overrides: list[str], train: Callable) -> DictConfig:
-    """`cfg` starting from the cached classifier: backbone.pretrained is its encoder.pt, and the run tags name the
-    classifier's key and MLflow run. When it is not cached yet, `train(job_cfg, overrides)` trains it now (a
-    JobResult with the checkpoint)."""
-    folder = Path(cfg.classifier.cache_dir) / classifier_key(cfg)
+def train_classifier(job_cfg: DictConfig, overrides: list[str]) -> JobResult:
+    """The classifier's own job: one process, whatever launched the job that needs it."""
+    return launch(job_cfg, validate(job_cfg), JobInfo(overrides=overrides), DistEnv())
+
+
+def with_classifier(dict_cfg: DictConfig, cfg: Config, overrides: list[str]) -> DictConfig:
+    """`dict_cfg` starting from the cached classifier: backbone.pretrained is its encoder.pt, and the run tags name
+    the classifier's key and MLflow run (set in the validated `cfg` too). When it is not cached yet, it is trained
+    now, by a job of its own."""
+    folder = Path(dict_cfg.classifier.cache_dir) / classifier_key(dict_cfg)
     weights = folder / "encoder.pt"
-    if cfg.backbone.pretrained not in (None, str(weights)):
-        raise ConfigError(f"classifier.epochs={cfg.classifier.epochs} trains the classifier this job starts from, "
-                          f"and backbone.pretrained={cfg.backbone.pretrained} gives one: set only one of them")
+    if dict_cfg.backbone.pretrained not in (None, str(weights)):
+        raise ConfigError(f"classifier.epochs={dict_cfg.classifier.epochs} trains the classifier this job starts "
+                          f"from, and backbone.pretrained={dict_cfg.backbone.pretrained} gives one: set only one of "
+                          "them")
     with _locked(folder.parent / f"{folder.name}.lock"):
         if weights.exists():
             log.info("starting from the cached classifier %s", weights)
         else:
             log.info("training the classifier every job of this configuration starts from: %s", folder)
-            result = train(classifier_job(cfg, folder), [*overrides, "role=classifier"])
+            result = train_classifier(classifier_job(dict_cfg, folder), [*overrides, "role=classifier"])
             model = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
             encoder = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
             ckpt.save_atomic(encoder, weights, stamped=False)
             (folder / "classifier.json").write_text(json.dumps(
                 {"run_id": result.run_id, "val/top1": result.metrics.get("val/top1")}, indent=1))
     meta = json.loads((folder / "classifier.json").read_text())
-    out = cfg.copy()
+    tags = {**dict_cfg.logger.tags, "classifier_key": folder.name, "classifier_run": meta["run_id"]}
+    out = dict_cfg.copy()
     OmegaConf.set_struct(out, False)
     OmegaConf.update(out, "backbone.pretrained", str(weights), merge=False)
-    OmegaConf.update(out, "logger.tags", {**cfg.logger.tags, "classifier_key": folder.name,
-                                          "classifier_run": meta["run_id"]}, merge=True)
+    OmegaConf.update(out, "logger.tags", tags, merge=True)
     OmegaConf.set_struct(out, True)
+    cfg.backbone.pretrained, cfg.logger.tags = str(weights), dict(tags)
     return out

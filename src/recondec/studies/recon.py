@@ -20,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from recondec.data import build_loaders  # noqa: E402
 from recondec.models import build_model  # noqa: E402
-from recondec.run import JobInfo, run_job, train_classifier  # noqa: E402
+from recondec.checks import validate  # noqa: E402
+from recondec.config import variant_option  # noqa: E402
+from recondec.job import JobInfo, launch  # noqa: E402
 from recondec.studies.classifier import with_classifier  # noqa: E402
 from recondec.tracking.sweep import ParentRun  # noqa: E402
 
 log = logging.getLogger(__name__)
-UNPOOLS = {"sae": "fixed", "swwae": "switch"}
+KINDS = ("sae", "swwae")  # SAE-first (fixed unpooling) and SWWAE-first (switches), conf/variant/<kind>_first.yaml
 
 
 def _sub_config(cfg: DictConfig, name: str, **values) -> DictConfig:
@@ -39,7 +41,7 @@ def _sub_config(cfg: DictConfig, name: str, **values) -> DictConfig:
 
 def ensure_classifier(cfg: DictConfig, info: JobInfo) -> DictConfig:
     """`cfg` with backbone.pretrained the frozen classifier: given, or the cached one (trained now if missing)."""
-    return cfg if not cfg.classifier.epochs else with_classifier(cfg, info.overrides, train_classifier)
+    return cfg if not cfg.classifier.epochs else with_classifier(cfg, validate(cfg), info.overrides)
 
 
 def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float]]:
@@ -59,16 +61,17 @@ def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float
 def _train_decoders(cfg: DictConfig, info: JobInfo, parent: ParentRun) -> dict[str, dict[str, float]]:
     results, checkpoints = {}, {}
     for level in cfg.recon.levels:
-        for kind, unpool in UNPOOLS.items():
+        for kind in KINDS:
             name = f"{kind}_from_{level}"
             sub = _sub_config(cfg, name, **{
-                "variant.name": f"{kind}_first", "variant.topology": "stacked", "variant.unpool": unpool,
-                "variant.losses": "first", "variant.decode_from": level,
+                "variant": {**variant_option(f"{kind}_first"), "decode_from": level},
                 "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0,
                 "loss.weights.image": 1.0})  # loss weight 1, as the reference's reconstruction models
-            result = run_job(sub, JobInfo(overrides=[*info.overrides, f"recon={name}"], parent_run_id=parent.run_id))
+            conf = validate(sub)
+            result = launch(sub, conf, JobInfo(overrides=[*info.overrides, f"recon={name}"],
+                                               parent_run_id=parent.run_id))
             results[name] = {k: v for k, v in result.metrics.items() if k.startswith("val/") and "image" in k}
-            checkpoints[name] = (sub, result.checkpoint)
+            checkpoints[name] = (conf, result.checkpoint)
     table = recon_table(cfg.recon.levels, results)
     figure = recon_figure(cfg, checkpoints)
     _log_summary(cfg, table, figure, parent)
@@ -88,10 +91,7 @@ def recon_table(levels, results) -> str:
 
 
 @torch.no_grad()
-def _reconstruct(sub: DictConfig, checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
-    from recondec.checks import validate
-
-    conf = validate(sub)
+def _reconstruct(conf, checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
     model = build_model(conf.backbone, conf.variant, conf.data.num_classes)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
     return model.eval()(images).recons["image"]
@@ -99,9 +99,7 @@ def _reconstruct(sub: DictConfig, checkpoint: Path, images: torch.Tensor) -> tor
 
 def recon_figure(cfg: DictConfig, checkpoints):
     """One row per level: the inputs, then SAE and SWWAE reconstructions side by side."""
-    from recondec.checks import validate
-
-    conf = validate(cfg)
+    conf = next(iter(checkpoints.values()))[0]  # every decoder's job reads the same data
     loaders = build_loaders(conf.data, conf.backbone.image_size, conf.schedule.batch_size, conf.trainer.seed)
     images, _ = next(iter(loaders.val))
     images = images[:cfg.recon.figure_images]
@@ -112,7 +110,7 @@ def recon_figure(cfg: DictConfig, checkpoints):
     fig, axes = plt.subplots(len(levels), 3 * n, figsize=(0.9 * 3 * n, 1.0 * len(levels)), squeeze=False)
     for r, lv in enumerate(levels):
         cols = [("input", images * std + mean)]
-        for kind in UNPOOLS:
+        for kind in KINDS:
             sub, ckpt = checkpoints[f"{kind}_from_{lv}"]
             cols.append((kind.upper(), _reconstruct(sub, ckpt, images) + mean))
         for c in range(n):

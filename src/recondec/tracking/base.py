@@ -36,5 +36,8 @@ class Tracker:
     def log_dataset(self, name: str, root: Optional[str], context: str = "training") -> None:
         """The data set the run reads."""
 
-    def finish(self, error: Optional[BaseException] = None, output_dir: Optional[Path] = None) -> None:
-        """End the run: finished, or failed / preempted with `error`."""
+    def finish(self, status: str = "FINISHED", error: Optional[BaseException] = None,
+               output_dir: Optional[Path] = None, preempted: Optional[str] = None) -> None:
+        """End the run with `status` (FINISHED, FAILED or KILLED), as the caller judged the outcome: with the error
+        and its traceback (written into `output_dir` when given), or with `preempted` saying by what signal and
+        when (a run resume=auto will continue)."""

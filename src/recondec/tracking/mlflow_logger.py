@@ -1,8 +1,8 @@
 """MLflow tracking: one run per job, params = the flattened resolved config, the data set as the run's input,
 per-epoch metrics (and running training losses every trainer.log_every_n_steps), figures, the config files as
-artifacts and the final model as an MLflow model (mlflow.pytorch). A job that raises is marked FAILED with its
-traceback attached, so a grid shows what went wrong where; a preempted one KILLED with a ``preempted`` tag,
-until ``resume=auto`` continues it.
+artifacts and the final model as an MLflow model (mlflow.pytorch). The job says how a run ended: one that raised
+is marked FAILED with its traceback attached, so a grid shows what went wrong where; a preempted one KILLED with a
+``preempted`` tag, until ``resume=auto`` continues it.
 
 Every call to the store is retried with backoff (a locked sqlite file, a restarting server); when the
 retries are used up the job stops with an error naming the store: metrics are never dropped silently.
@@ -22,7 +22,6 @@ from mlflow.tracking import MlflowClient
 
 from recondec.tracking.base import Tracker
 from recondec.tracking.figures import error_per_level, reconstruction_grid
-from recondec.training.reliability import Preempted
 
 log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000
@@ -173,26 +172,27 @@ class MlflowTracker(Tracker):
             CodeDatasetSource({"builtin": name})  # a built-in set, loaded by recondec.data.builtin
         self._call("logging the data set", mlflow.log_input, MetaDataset(source, name=name), context=context)
 
-    def finish(self, error: Optional[BaseException] = None, output_dir: Optional[Path] = None) -> None:
-        if error is None:
+    def finish(self, status: str = "FINISHED", error: Optional[BaseException] = None,
+               output_dir: Optional[Path] = None, preempted: Optional[str] = None) -> None:
+        if status == "FINISHED":
             self._call("ending the run", mlflow.end_run, "FINISHED")
             return
         try:
-            self._record_failure(error, output_dir)
+            self._record_outcome(status, error, output_dir, preempted)
         except Exception as e:  # the original error matters more; its traceback is in output_dir
-            log.error("could not record the failure in MLflow: %s: %s", type(e).__name__, e)
+            log.error("could not record the outcome in MLflow: %s: %s", type(e).__name__, e)
 
-    def _record_failure(self, error: BaseException, output_dir: Optional[Path]) -> None:
-        if isinstance(error, Preempted):  # not a failure: resume=auto continues this run
-            self._call("tagging", mlflow.set_tag, "preempted", f"{error.signal_name} at step {error.step}")
-            self._call("ending the run", mlflow.end_run, "KILLED")
-            return
-        self._call("tagging", mlflow.set_tag, "error", f"{type(error).__name__}: {error}"[:5000])
-        text = "".join(traceback.format_exception(error))
-        if output_dir is not None:
-            path = Path(output_dir) / "traceback.txt"
-            path.write_text(text)
-            self._call("logging the traceback", mlflow.log_artifact, str(path))
-        else:
-            self._call("logging the traceback", mlflow.log_text, text, "traceback.txt")
-        self._call("ending the run", mlflow.end_run, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+    def _record_outcome(self, status: str, error: Optional[BaseException], output_dir: Optional[Path],
+                        preempted: Optional[str]) -> None:
+        if preempted is not None:  # not a failure: resume=auto continues this run
+            self._call("tagging", mlflow.set_tag, "preempted", preempted)
+        elif error is not None:
+            self._call("tagging", mlflow.set_tag, "error", f"{type(error).__name__}: {error}"[:5000])
+            text = "".join(traceback.format_exception(error))
+            if output_dir is not None:
+                path = Path(output_dir) / "traceback.txt"
+                path.write_text(text)
+                self._call("logging the traceback", mlflow.log_artifact, str(path))
+            else:
+                self._call("logging the traceback", mlflow.log_text, text, "traceback.txt")
+        self._call("ending the run", mlflow.end_run, status)

@@ -19,7 +19,7 @@ from recondec.checks import validate
 from recondec.config import Config
 from recondec.data import Loaders
 from recondec.models import build_loss, build_model
-from recondec.models.profile import forward_flops
+from recondec.tools.profile import forward_flops
 from recondec.training.loop import Trainer, resolve_device
 
 # dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets)
@@ -94,7 +94,7 @@ def step_img_per_s(conf: Config, steps: int, warmup: int) -> tuple[float, int]:
 def loop_img_per_s(conf: Config, steps: int, warmup: int, tracking_uri: str) -> float:
     """The job's loop as `python src/main.py` builds it (run.build_trainer): its loaders, metrics, progress
     bookkeeping and MLflow logging every trainer.log_every_n_steps, into a throw-away database."""
-    from recondec.run import build_trainer
+    from recondec.job import build_trainer
     from recondec.tracking.mlflow_logger import MlflowTracker
 
     tracker = MlflowTracker(tracking_uri, "bench", f"loop {conf.variant.name}", {}, conf.data.mean)

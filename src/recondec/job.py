@@ -1,0 +1,279 @@
+"""One job, from a validated config to a tracked result: launch its ranks, build, train, log.
+
+``recondec.run.run_job`` validates a composed config, fetches the classifier it starts from, and calls ``launch``.
+
+Only config errors come before the MLflow run exists; anything that fails later (a bad pretrained file,
+a NaN, out of memory) leaves a FAILED run with its traceback, and in a multirun the other jobs go on.
+
+``resume=auto`` continues the newest valid checkpoint of the same run: first this job's output folder
+(a requeued SLURM job, or ``hydra.run.dir=<old folder>``); if it has none, the output folder of the
+newest MLflow run of the same experiment started with the same overrides (tag ``resume_key``), so that
+rerunning a crashed command with ``resume=auto`` added just works.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recondec.config import Config
+from recondec.data import build_loaders
+from recondec.models import build_loss, build_model
+from recondec.tracking.base import Tracker
+from recondec.training import checkpoint as ckpt
+from recondec.training import distributed
+from recondec.training.distributed import DistEnv
+from recondec.training.loop import Trainer, resolve_device
+from recondec.training.reliability import Preempted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobInfo:
+    """What Hydra knows about the job: its overrides and, in a multirun, the sweep folder."""
+    overrides: list[str]
+    sweep_dir: Optional[str] = None
+    parent_run_id: Optional[str] = None  # the MLflow run this job's run nests under (its sweep, its study)
+    hydra_dir: Optional[Path] = None  # <output>/.hydra: config.yaml, overrides.yaml
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    metrics: dict[str, float]
+    output_dir: Path
+    checkpoint: Optional[Path]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned conv algorithms, unless bit-exactness matters
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+def run_name(info: JobInfo) -> str:
+    hidden = ("output_dir", "logger.", "hydra.", "resume")
+    shown = [o for o in info.overrides if not o.startswith(hidden)]
+    return ",".join(shown) or "defaults"
+
+
+def resume_key(info: JobInfo) -> str:
+    """Names "the same run" across invocations: a hash of the overrides, without those that only say
+    where outputs go or whether to resume."""
+    kept = sorted(o for o in info.overrides if not o.startswith(("resume=", "hydra.", "output_dir=")))
+    return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:16]
+
+
+def pairing_key(cfg: Config) -> str:
+    """What a seed fixes for every arm of a grid: the start (the cached classifier, the given weights, or the seeded
+    initialisation), the held-out and labelled images, the data order. Two runs with equal keys pair: the report
+    compares them seed by seed (a paired test) instead of as independent samples."""
+    d = cfg.data
+    split_seed = cfg.trainer.seed if d.split_seed is None else d.split_seed
+    parts = {"seed": cfg.trainer.seed, "start": cfg.logger.tags.get("classifier_key") or cfg.backbone.pretrained,
+             "data": [d.name, d.root, d.val_size, d.train_limit, d.labels_per_class, split_seed],
+             "batch": cfg.schedule.batch_size, "backbone": [cfg.backbone.name, cfg.backbone.width]}
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+def machine_tags(cfg: Config) -> dict[str, str]:
+    """Where a run's numbers come from: the torch version and the device it trained on (with MLflow's own
+    mlflow.source.git.commit, what a report's table says it was measured with)."""
+    import os
+    import platform
+
+    device = resolve_device(cfg.trainer.device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.is_file() else []
+        name = f"{models[0] if models else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return {"torch": torch.__version__, "device": name}
+
+
+def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
+    from recondec.tracking.mlflow_logger import MlflowTracker
+
+    tags = {"variant": cfg.variant.name, "backbone": cfg.backbone.name, "data": cfg.data.name,
+            "seed": str(cfg.trainer.seed), "pairing": pairing_key(cfg),
+            "sweep": cfg.logger.sweep_tag or info.sweep_dir or "single",
+            "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **machine_tags(cfg),
+            **cfg.logger.tags}
+    if cfg.schedule.unlabelled_batch_size and cfg.variant.topology != "none":
+        tags["arm"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
+    if info.parent_run_id:
+        tags["mlflow.parentRunId"] = info.parent_run_id  # how MLflow's UI nests runs
+    return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
+                         tags, cfg.data.mean, resume_run_id, cfg.logger.system_metrics)
+
+
+def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.find_latest(cfg.output_dir) or _find_in_earlier_runs(cfg, info)
+        if found is None:
+            log.info("resume=auto: no valid checkpoint of this run, starting fresh")
+            return None
+        log.info("resume=auto: continuing from %s (epoch %d, step %d)", found[0], found[1]["epoch"] + 1,
+                 found[1]["step"])
+        return found[1]
+    state = ckpt.load_valid(Path(cfg.resume))
+    if state is None:
+        raise FileNotFoundError(f"resume={cfg.resume}: not a readable checkpoint")
+    return state
+
+
+def _find_in_earlier_runs(cfg: Config, info: JobInfo):
+    from recondec.tracking.mlflow_logger import find_run_dirs
+
+    for folder in find_run_dirs(cfg.logger.tracking_uri, cfg.logger.experiment, "resume_key", resume_key(info)):
+        found = ckpt.find_latest(folder)
+        if found is not None:
+            return found
+    return None
+
+
+def rank_device(cfg: Config, env: DistEnv) -> torch.device:
+    device = resolve_device(cfg.trainer.device)
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def build_trainer(cfg: Config, tracker: Optional[Tracker], env: DistEnv = DistEnv()) -> Trainer:
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    device = rank_device(cfg, env)
+    distributed.init_process_group(env, device)
+    # schedule.batch_size is the global batch: each rank takes its share of every global batch
+    loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size // env.world_size,
+                            cfg.trainer.seed, device=str(device), rank=env.rank, world_size=env.world_size,
+                            ten_crop=cfg.trainer.ten_crop, train_crop=cfg.schedule.train_crop,
+                            unlabelled_batch_size=cfg.schedule.unlabelled_batch_size // env.world_size)
+    model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(model, cfg.loss, cfg.data.std).to(device)
+    return Trainer(cfg, model, loss_fn, loaders, device, tracker, env)
+
+
+def launch(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: Optional[DistEnv] = None) -> JobResult:
+    """Run a validated job (`cfg` is `dict_cfg` validated) on this process or, with trainer.devices > 1 and no
+    launcher's ranks, on that many spawned ranks. Rank 0's result is returned."""
+    env = env or distributed.env_from_launcher()  # torchrun / SLURM tasks are ranks already
+    if cfg.trainer.devices > 1 and not env.enabled:
+        # resolved here: ${hydra:...} cannot be resolved in the spawned processes; the typed config travels as is
+        resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+        return JobResult(**distributed.spawn(_spawned_rank, cfg.trainer.devices, resolved, cfg, info))
+    return run_rank(dict_cfg, cfg, info, env)
+
+
+def _spawned_rank(rank: int, world_size: int, resolved: dict, cfg: Config, info: JobInfo) -> dict:
+    """One of trainer.devices processes (distributed.spawn hands rank 0's return value back to the job)."""
+    result = run_rank(OmegaConf.create(resolved), cfg, info, DistEnv(rank, rank, world_size))
+    return vars(result)
+
+
+def run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
+    """This process's part of the job (all of it without DDP); the process group is closed however it ends."""
+    try:
+        return train_and_track(dict_cfg, cfg, info, env)
+    finally:
+        distributed.shutdown()
+
+
+def train_and_track(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
+    """The MLflow run (reached first), the trainer, training or evaluation, the final model, the outcome."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = find_resume_state(cfg, info)
+    # training continues the checkpoint's MLflow run; an evaluation is a run of its own
+    continued_run = state.get("mlflow_run_id") if state and cfg.study != "eval" else None
+    # the store is reached before any training: a bad one fails early, and every later failure is recorded
+    tracker = build_tracker(cfg, info, continued_run) if env.is_main else Tracker()  # other ranks log nothing
+    try:
+        if continued_run is None:
+            tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True))
+            tracker.log_dataset(cfg.data.name, cfg.data.root, "evaluation" if cfg.study == "eval" else "training")
+        _log_config_files(tracker, dict_cfg, info, output_dir)
+        trainer = build_trainer(cfg, tracker, env)
+        if state is not None:
+            trainer.load_checkpoint(state)  # last before training: it restores the RNG streams
+        metrics = trainer.fit() if cfg.study != "eval" else evaluate_only(trainer)
+        last = ckpt.checkpoint_dir(output_dir) / "last.pt"
+        if cfg.logger.log_checkpoint and cfg.study != "eval" and env.is_main:
+            log_final_model(tracker, trainer)  # the checkpoint itself (with its optimiser state) stays in output_dir
+        tracker.finish()
+    except Preempted as e:
+        log.warning("%s to %s; exit status %d. Continue with resume=auto (submitit requeues by itself)", e,
+                    ckpt.checkpoint_dir(output_dir) / "last.pt", e.code)
+        tracker.finish("KILLED", preempted=f"{e.signal_name} at step {e.step}")
+        e.hand_over()  # under submitit: requeue the job and exit
+        raise
+    except BaseException as e:
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e, output_dir=output_dir)
+        raise
+    result = JobResult(tracker.run_id, metrics, output_dir, last if last.exists() else None)
+    if env.is_main:
+        _print_summary(cfg, result)
+    return result
+
+
+def log_final_model(tracker, trainer: Trainer, examples: int = 2) -> None:
+    """The trained model as the run's MLflow model "model": a CPU copy of its inference view (images -> logits),
+    in eval mode, with a few validation images as the input example."""
+    import copy
+
+    from recondec.models import Classifier
+
+    x, _ = next(iter(trainer.loaders.val))
+    model = Classifier(copy.deepcopy(trainer.model)).cpu().eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    tracker.log_model(model, x[:examples].float().cpu().contiguous().numpy())
+
+
+def evaluate_only(trainer: Trainer) -> dict[str, float]:
+    """study=eval: the reloaded model on the validation set, the test set (trainer.test) and 10 crops
+    (trainer.ten_crop)."""
+    metrics = {f"val/{k}": v for k, v in trainer.evaluate()[0].items()} | trainer.evaluate_final()
+    trainer.tracker.log_metrics(metrics, step=trainer.state.epoch)
+    return metrics
+
+
+def _log_config_files(tracker, dict_cfg: DictConfig, info: JobInfo, output_dir: Path) -> None:
+    resolved = output_dir / "config_resolved.yaml"
+    resolved.write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    tracker.log_artifact(resolved, "config")
+    (output_dir / "overrides.txt").write_text("\n".join(info.overrides) + "\n")
+    tracker.log_artifact(output_dir / "overrides.txt", "config")
+    if info.hydra_dir is not None and info.hydra_dir.is_dir():
+        tracker.log_artifacts(info.hydra_dir, "config/hydra")
+
+
+def _print_summary(cfg: Config, result: JobResult) -> None:
+    from recondec.training.diagnostics import describe_objective
+
+    m = result.metrics
+    top1 = ", ".join(f"{name} {m[key]:.2f}%" for name, key in (("validation", "val/top1"), ("test", "test/top1"))
+                     if key in m) or "not evaluated"
+    lines = [f"MLflow run id : {result.run_id}  (experiment '{cfg.logger.experiment}', {cfg.logger.tracking_uri})",
+             f"top-1         : {top1}",
+             f"objective     : {describe_objective(m)}",
+             f"outputs       : {result.output_dir.resolve()}",
+             "compare runs  : mlflow ui  (from the repository root)"]
+    print("\n".join(lines), flush=True)
+
+
