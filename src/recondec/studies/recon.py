@@ -35,7 +35,7 @@ def _sub_config(cfg: DictConfig, name: str, **values) -> DictConfig:
     OmegaConf.set_struct(sub, False)
     for key, value in {"output_dir": str(Path(cfg.output_dir) / name), "logger.run_name": name,
                        "study": "train", **values}.items():
-        OmegaConf.update(sub, key, value, merge=False)
+        OmegaConf.update(sub, key, value, merge=isinstance(value, dict))  # a group: every key given, typed
     return sub
 
 
