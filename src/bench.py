@@ -192,7 +192,7 @@ def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
 
 def run_train(args: argparse.Namespace) -> None:
     from recondec.tools.benchmark import bench_variant, format_table, mean_of_runs
-    from recondec.training.loop import resolve_device
+    from recondec.training.device import resolve_device
 
     with tempfile.TemporaryDirectory() as tmp:
         cfgs = compose_variants(args, tmp)

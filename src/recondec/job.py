@@ -30,7 +30,8 @@ from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
 from recondec.training.distributed import DistEnv
-from recondec.training.loop import Trainer, resolve_device
+from recondec.training.device import resolve_device
+from recondec.training.loop import Trainer
 from recondec.training.reliability import Preempted
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,8 @@ def log_final_model(tracker, trainer: Trainer, examples: int = 2) -> None:
 def evaluate_only(trainer: Trainer) -> dict[str, float]:
     """study=eval: the reloaded model on the validation set, the test set (trainer.test) and 10 crops
     (trainer.ten_crop)."""
-    metrics = {f"val/{k}": v for k, v in trainer.evaluate()[0].items()} | trainer.evaluate_final()
+    val, _ = trainer.evaluator.evaluate(trainer.loaders.val)
+    metrics = {f"val/{k}": v for k, v in val.items()} | trainer.evaluator.final(trainer.loaders)
     trainer.tracker.log_metrics(metrics, step=trainer.state.epoch)
     return metrics
 

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from recondec.config import CONF_DIR, BackboneConf, LossConf, LossForm, LossLevels, Topology, Unpool, VariantConf
 from recondec.models import build_loss, build_model
 from recondec.models.backbones import ConvSpec
-from recondec.models.decoders import mirror_conv
+from recondec.models.decoders import make_conv, mirror
 from recondec.tools.profile import count_params
 from recondec.models.unpool import switch_unpool
 
@@ -219,9 +219,9 @@ def test_caffe_alexnet_fc_decoder_starts_as_the_reference():
 
 
 def test_a_grouped_encoder_conv_is_mirrored_with_the_same_groups():
-    conv = mirror_conv(ConvSpec(in_channels=8, out_channels=16, kernel_size=3, stride=1, padding=1, groups=2))
+    conv = make_conv(mirror(ConvSpec(in_channels=8, out_channels=16, kernel_size=3, stride=1, padding=1, groups=2)))
     assert (conv.in_channels, conv.out_channels, conv.groups) == (16, 8, 2)
-    up = mirror_conv(ConvSpec(in_channels=4, out_channels=8, kernel_size=4, stride=2, padding=1, groups=4))
+    up = make_conv(mirror(ConvSpec(in_channels=4, out_channels=8, kernel_size=4, stride=2, padding=1, groups=4)))
     assert isinstance(up, torch.nn.ConvTranspose2d) and (up.in_channels, up.out_channels, up.groups) == (8, 4, 4)
 
 

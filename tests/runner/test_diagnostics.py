@@ -57,7 +57,7 @@ def test_a_healthy_job_passes_the_guard_after_every_stage(compose_cfg):
 
 def _shares_by_hand(trainer):
     """The share definition written out: |d(w * term)/dW| / |d ce/dW| at the first and last encoder conv."""
-    model, loss_fn = trainer.model, trainer.loss_fn
+    model, loss_fn = trainer.model, trainer.job_loss
     convs = encoder_convs(model)
     for conv in (convs[0], convs[-1]):
         conv.weight.requires_grad_(True)  # frozen in the decoder stage

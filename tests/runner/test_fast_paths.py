@@ -6,6 +6,7 @@ import torch
 
 from recondec.checks import validate
 from recondec.job import build_trainer
+from recondec.training.device import autocast
 
 from ..conftest import TINY, VARIANTS
 from .test_reliability import EXACT, assert_same_weights, run, weights
@@ -25,7 +26,7 @@ def first_steps(compose_cfg, variant: str, *overrides: str) -> tuple[list[float]
     for (x, y), _ in zip(trainer.loaders.train, range(STEPS)):
         trainer.optimizer.zero_grad(set_to_none=True)
         x, y = trainer._to_device(x, y)
-        with trainer._autocast():  # the trainer's own: what a job runs
+        with autocast(trainer.device, trainer.cfg.trainer.precision):  # the trainer's own: what a job runs
             terms = trainer.loss_terms(x, y)
         terms["total"].backward()
         trainer.optimizer.step()

@@ -6,7 +6,7 @@ from recondec.config import LossForm
 from recondec.models.losses import euclidean
 from recondec.job import build_trainer
 from recondec.training.pretrain import probe_lr
-from recondec.training.schedule import plan_stages
+from recondec.training.stages import plan_stages
 
 from ..conftest import TINY
 
@@ -29,14 +29,14 @@ def test_stacked_decoder_convs_get_gradients_only_after_layerwise_pretraining(co
     trainer = build_trainer(cfg, None)
     assert [s.name for s in trainer.stages] == ["pretrain", "decoder", "joint"]
     x = next(iter(trainer.loaders.val))[0]
-    before = stacked_image_grads(trainer.model, x, trainer.loss_fn)
+    before = stacked_image_grads(trainer.model, x, trainer.job_loss)
     # from N(0, 0.001^2) each conv scales its input by ~0.01, so the stacked output is ~1e-27 and every decoder
     # conv weight gets a gradient below 1e-20: no learning rate an SGD run could use moves them
     assert all(g.abs().max() < 1e-20 for g in before.values()), {k: g.abs().max().item() for k, g in before.items()}
 
     trainer.enter_stage(trainer.stages[0])
     trainer.train_epoch()
-    after = stacked_image_grads(trainer.model, x, trainer.loss_fn)
+    after = stacked_image_grads(trainer.model, x, trainer.job_loss)
     # every conv now gets a gradient, at least 1e8 times what it got from the raw init
     gain = {k: (after[k].abs().max() / before[k].abs().max().clamp_min(1e-38)).item() for k in after}
     assert all(g.abs().max() > 0 for g in after.values()) and min(gain.values()) > 1e8, gain
@@ -106,7 +106,7 @@ def test_he_init_lets_the_stacked_decoder_pass_gradient_to_every_conv_from_the_s
         trainer = build_trainer(validate(compose_cfg(*TINY, *SGD, "variant=swwae_first",
                                                      f"backbone.decoder_init={init}")), None)
         x = next(iter(trainer.loaders.val))[0]
-        grads = stacked_image_grads(trainer.model, x, trainer.loss_fn)
+        grads = stacked_image_grads(trainer.model, x, trainer.job_loss)
         spread = trainer.model(x).recons["image"].std(0).mean().item() / x.std(0).mean().item()
         return trainer.model, min(g.abs().max().item() for g in grads.values()), spread
 

@@ -150,19 +150,27 @@ def test_multirun_of_two_jobs_gives_two_child_runs_of_one_parent(tmp_path):
 
 
 def test_validation_selects_and_the_test_set_is_read_once_at_the_end(compose_cfg, tmp_path, monkeypatch):
+    from recondec.training.evaluate import Evaluator
     from recondec.training.loop import Trainer
 
-    reads = []
-    evaluate = Trainer.evaluate
+    reads, end = [], Trainer._end_epoch
+    evaluate = Evaluator.evaluate
 
-    def recording(self, loader=None, ssim=True, desc="validate"):
-        reads.append(("test" if loader is self.loaders.test else "val", self.state.epoch))
+    def recording(self, loader, ssim=True, desc="validate"):
+        reads.append(desc)
         return evaluate(self, loader, ssim, desc)
 
-    monkeypatch.setattr(Trainer, "evaluate", recording)
+    def ending(self, *args):
+        reads.append(f"end of epoch {self.state.epoch}")
+        return end(self, *args)
+
+    monkeypatch.setattr(Evaluator, "evaluate", recording)
+    monkeypatch.setattr(Trainer, "_end_epoch", ending)
     overrides = [*TINY, "variant=sae_first", "schedule.joint.epochs=3", "logger.experiment=split"]
     result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
-    assert reads == [("val", 1), ("val", 2), ("val", 3), ("val", 4), ("test", 4)]  # the test set: once, at the end
+    # validation after every epoch, the test set once, after the last
+    assert reads == [*[r for e in (1, 2, 3) for r in ("validate", f"end of epoch {e}")], "validate", "test",
+                     "end of epoch 4"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for key in ("test/top1", "test/top5", "test/psnr/image", "test/mse/image", "test/ssim/image"):
         assert [m.step for m in client.get_metric_history(result.run_id, key)] == [4], key

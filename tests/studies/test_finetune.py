@@ -43,7 +43,7 @@ def recorded(monkeypatch):
             seen.append({"encoder": {k: v.clone() for k, v in self.model.encoder.state_dict().items()}})
 
     def train_step(self, x, y):
-        if self._stage.name == "joint" and "labels" not in seen[-1]:
+        if self.stage.name == "joint" and "labels" not in seen[-1]:
             seen[-1]["labels"] = y.clone()
         return step(self, x, y)
 

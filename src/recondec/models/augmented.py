@@ -89,9 +89,6 @@ class AugmentedNet(nn.Module):
             self.encoder.eval()
         return self
 
-    def decoder_parameters(self):
-        return [] if self.decoder is None else list(self.decoder.parameters())
-
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, decode: bool = True, layerwise: bool = False) -> AugmentedOutput:
         """layerwise=True: every decoder block on the clean activation of its level (decoder pre-training)."""

@@ -23,20 +23,18 @@ INIT_STD = 1e-3     # decoder convs (the reference prototxts)
 FC_INIT_STD = 1e-2  # fc decoders (the reference's .extra reconstruction models)
 
 
-def init_decoder(module: nn.Module, scheme: DecoderInit = DecoderInit.reference) -> None:
-    """`reference`: weights N(0, std^2), biases constant: INIT_STD and 0 unless the layer was built with its own
-    (`init_std` / `init_bias`, from a backbone's reference decoder). `he`: He-normal weights for the ReLU after
-    each layer (fan-in of the input a layer sees; for a transposed conv its fan-out), biases 0."""
-    for m in module.modules():
-        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            continue
+def init_decoder(decoder: "StackedDecoder | LayerwiseDecoder", scheme: DecoderInit = DecoderInit.reference) -> None:
+    """`reference`: each layer's weights N(0, std^2) and its bias constant, as the decoder says (`initial_values`:
+    INIT_STD and 0, FC_INIT_STD for fc decoders, or a backbone's reference decoder's own). `he`: He-normal weights
+    for the ReLU after each layer (fan-in of the input a layer sees; for a transposed conv its fan-out), biases 0."""
+    for m, std, bias in decoder.initial_values():
         if scheme is DecoderInit.he:
             mode = "fan_out" if isinstance(m, nn.ConvTranspose2d) else "fan_in"  # torch's fans of a transposed conv
             nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")  # are swapped: fan_out is its input
             nn.init.zeros_(m.bias)
         else:
-            nn.init.normal_(m.weight, 0.0, getattr(m, "init_std", INIT_STD))
-            nn.init.constant_(m.bias, getattr(m, "init_bias", 0.0))
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.constant_(m.bias, bias)
 
 
 def mirror(spec: ConvSpec) -> DecoderConv:
@@ -46,21 +44,13 @@ def mirror(spec: ConvSpec) -> DecoderConv:
 
 
 def make_conv(spec: DecoderConv) -> nn.Module:
-    """A conv for stride 1; for stride > 1 a transposed conv with that geometry (it restores the size)."""
+    """A conv for stride 1; for stride > 1 a transposed conv with that geometry (it restores the size: AlexNet's
+    strided conv1 is mirrored by one)."""
     if spec.stride == 1:
-        conv = nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, padding=spec.padding,
+        return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, padding=spec.padding,
                          groups=spec.groups)
-    else:
-        conv = nn.ConvTranspose2d(spec.in_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
-                                  padding=spec.padding, groups=spec.groups)
-    conv.init_bias = spec.bias
-    return conv
-
-
-def mirror_conv(spec: ConvSpec) -> nn.Module:
-    """out_channels -> in_channels with the same kernel, padding and groups. A strided conv (AlexNet's conv1)
-    is mirrored by a transposed conv with the same geometry, so the spatial size is restored."""
-    return make_conv(mirror(spec))
+    return nn.ConvTranspose2d(spec.in_channels, spec.out_channels, spec.kernel_size, stride=spec.stride,
+                              padding=spec.padding, groups=spec.groups)
 
 
 class DecoderBlock(nn.Module):
@@ -72,7 +62,12 @@ class DecoderBlock(nn.Module):
         _check_block(layer, specs)
         self.pool, self.unpool = layer.pool, unpool
         self.convs = nn.ModuleList(make_conv(s) for s in specs)
+        self.init_biases = [s.bias for s in specs]
         self.final_linear = final_linear
+
+    def initial_values(self):
+        """(layer, weight std, bias) of the reference initialisation."""
+        return [(conv, INIT_STD, bias) for conv, bias in zip(self.convs, self.init_biases)]
 
     def forward(self, h: torch.Tensor, switches: Optional[torch.Tensor], pre_pool_size: tuple[int, int],
                 out_size: tuple[int, int]) -> torch.Tensor:
@@ -119,19 +114,18 @@ class FCDecoder(nn.Module):
             layers += [nn.Linear(in_features, fc_width), nn.ReLU(True)]
             in_features = fc_width
         layers += [nn.Linear(in_features, math.prod(top_shape)), nn.ReLU(True)]
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                m.init_std = FC_INIT_STD  # read by init_decoder; a backbone's reference may set its own (set_init)
         self.net = nn.Sequential(*layers)
         self.top_shape = top_shape
         self.mirrors = ["fc8", "fc7", "fc6"][-(hidden + 1):]  # the encoder fc each Linear mirrors, in order
+        self.init = {name: (FC_INIT_STD, 0.0) for name in self.mirrors}  # a backbone's reference may set its own
 
     def set_init(self, specs: tuple[DecoderFC, ...]) -> None:
-        """Give the Linear mirroring each `spec.mirrors` its own initialisation (read by init_decoder)."""
-        linears = dict(zip(self.mirrors, (m for m in self.net if isinstance(m, nn.Linear))))
-        for spec in specs:
-            if spec.mirrors in linears:
-                linears[spec.mirrors].init_std, linears[spec.mirrors].init_bias = spec.std, spec.bias
+        """Give the Linear mirroring each `spec.mirrors` its own initialisation."""
+        self.init.update({spec.mirrors: (spec.std, spec.bias) for spec in specs if spec.mirrors in self.init})
+
+    def initial_values(self):
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        return [(linear, *self.init[name]) for name, linear in zip(self.mirrors, linears)]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).view(h.shape[0], *self.top_shape)
@@ -149,6 +143,10 @@ class StackedDecoder(nn.Module):
         self.fc, self.fc_level = fc, fc_level
         if fc is not None:  # the fc decoder produces the top layer's output; that layer says how it starts
             fc.set_init(layers[-1].fc_decoder)
+
+    def initial_values(self):
+        return [v for block in self.blocks for v in block.initial_values()] + \
+            (self.fc.initial_values() if self.fc is not None else [])
 
     def forward(self, enc: EncoderOutput, image_size: tuple[int, int], layerwise: bool = False
                 ) -> dict[str, torch.Tensor]:
@@ -170,6 +168,9 @@ class LayerwiseDecoder(nn.Module):
         super().__init__()
         self.layers = layers
         self.blocks = nn.ModuleList(DecoderBlock(layers[i], unpool, final_linear=(i == 0)) for i in range(top + 1))
+
+    def initial_values(self):
+        return [v for block in self.blocks for v in block.initial_values()]
 
     def forward(self, enc: EncoderOutput, image_size: tuple[int, int], layerwise: bool = True
                 ) -> dict[str, torch.Tensor]:

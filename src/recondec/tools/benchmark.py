@@ -20,7 +20,8 @@ from recondec.config import Config
 from recondec.data import Loaders
 from recondec.models import build_loss, build_model
 from recondec.tools.profile import forward_flops
-from recondec.training.loop import Trainer, resolve_device
+from recondec.training.device import resolve_device
+from recondec.training.loop import Trainer
 
 # dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets)
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}

@@ -19,7 +19,7 @@ class Tracker:
         """Scalars at a step (an epoch, or the global step for train_step/...)."""
 
     def log_reconstructions(self, batch, epoch: int, final: bool) -> None:
-        """A grid per reconstructed level of `batch` (a loop.VisualBatch)."""
+        """A grid per reconstructed level of `batch` (a training.evaluate.VisualBatch)."""
 
     def log_error_plot(self, history: list[dict[str, float]]) -> None:
         """The reconstruction error per level over the epochs."""

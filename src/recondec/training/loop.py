@@ -1,7 +1,7 @@
-"""The training loop: stages, epochs, steps, evaluation and checkpoints, readable top to bottom.
+"""The training loop: stages one after another, epochs, steps, validation and checkpoints, top to bottom.
 
-Stage 1 ("decoder") trains the decoding pathway with the encoder frozen; stage 2 ("joint") trains
-everything on classification + reconstruction. Either can be switched off in ``schedule/``.
+What a stage sets up (freezing, LRs, optimiser) is ``stages.py``'s; how a model is evaluated is ``evaluate.py``'s;
+whether the unsupervised objective acts and the decoder lives is ``diagnostics.py``'s.
 
 Checkpoints are written at the end of every epoch, every ``trainer.checkpoint_every_n_steps`` steps and
 when a preemption signal arrives; one written mid-epoch records how many batches of the epoch are done
@@ -10,7 +10,6 @@ uninterrupted one would (``trainer.deterministic=true``, memory loader).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -20,48 +19,30 @@ import torch
 from tqdm import tqdm
 
 from recondec.config import Config
+from recondec.data import Loaders
 from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
-from recondec.training import distributed
+from recondec.training.device import autocast, to_device
 from recondec.training.diagnostics import ObjectiveMonitor, check_alive
 from recondec.training.distributed import DistEnv
-from recondec.training.metrics import EvalMetrics, ten_crop_probs
+from recondec.training.evaluate import Evaluator, VisualBatch
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
-from recondec.training.pretrain import block_lrs, decoder_lr, pretrain_loss
-from recondec.training.schedule import Stage, build_optimizer, build_scheduler, param_groups, plan_stages
+from recondec.training.stages import Stage, StageName, StageSetup, plan_stages, set_up_stage
 from recondec.training.state import TrainState
 
 log = logging.getLogger(__name__)
 
 
-class VisualBatch:
-    """A few validation images with their reconstructions, for the figures."""
-
-    def __init__(self, inputs: torch.Tensor, recons: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
-        self.inputs = inputs.float().cpu()
-        self.recons = {k: v.float().cpu() for k, v in recons.items()}
-        self.targets = {k: v.float().cpu() for k, v in targets.items()}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but no CUDA device is available: use trainer.device=cpu")
-    return torch.device(name)
-
-
 class Trainer:
-    def __init__(self, cfg: Config, model: AugmentedNet, loss_fn: AugmentedLoss, loaders, device: torch.device,
-                 tracker: Optional[Tracker] = None, env: DistEnv = DistEnv()):
-        self.cfg, self.model, self.loss_fn, self.loaders = cfg, model, loss_fn, loaders
+    def __init__(self, cfg: Config, model: AugmentedNet, job_loss: AugmentedLoss, loaders: Loaders,
+                 device: torch.device, tracker: Optional[Tracker] = None, env: DistEnv = DistEnv()):
+        self.cfg, self.model, self.job_loss, self.loaders = cfg, model, job_loss, loaders
         self.device, self.tracker, self.env = device, tracker or Tracker(), env  # Tracker(): logs nothing
         self.quiet = not (cfg.trainer.progress and env.is_main)  # one set of progress bars: rank 0's
-        self.net: torch.nn.Module = model  # what the training step calls: DDP-wrapped on several ranks
+        self.evaluator = Evaluator(cfg, model, job_loss, device, self.quiet)
         # trainer.compile: the step's forward *and* its loss terms as one graph, so the losses' elementwise work
-        # fuses with the model's (an H200, vgg16 swwae_all: eager 28% MFU, model compiled 36%, model+loss 42%).
-        # Guards on the stage and the wrapped net recompile it when a stage changes what the step computes.
+        # fuses with the model's. Guards on the stage and the wrapped net recompile it when a stage changes.
         self._compiled_loss_terms = torch.compile(self._loss_terms) if cfg.trainer.compile else None
         self.stages = plan_stages(cfg.schedule, model.decoder is not None)
         self.total_epochs = self.stages[-1].end_epoch if self.stages else 0
@@ -71,25 +52,26 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"no full training batch: {loaders.num_train} images < schedule.batch_size="
                              f"{cfg.schedule.batch_size}")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.trainer.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
         self.state = TrainState()  # epoch, step, position in the epoch, best top-1, history: what checkpoints carry
         self.nonfinite = NonFiniteGuard(cfg.trainer.nonfinite)
         self.preemption = PreemptionGuard()
         self.ckpt_dir = ckpt.checkpoint_dir(cfg.output_dir)
-        self.optimizer = self.scheduler = None
-        self._stage: Optional[Stage] = None
-        self.stage_loss: AugmentedLoss = loss_fn  # the pre-training stage has a loss of its own
+        self.stage: Optional[Stage] = None
+        self.setup: Optional[StageSetup] = None  # the current stage's net, loss, optimiser and LR schedule
         # semi-supervised: a stream of unlabelled batches beside the labelled one, cycled through on its own
         # (epoch, batch) position, which checkpoints carry; the baseline has no use for it
         self.unlabelled = loaders.unlabelled if model.decoder is not None else None
         self._unlabelled_iter = None
         # the objective's diagnostics and the live-decoder guard: fixed validation batches, the encoder as it starts
-        # (built, seeded and loaded; before any checkpoint is loaded, so a resumed run measures from the same start)
-        # (no gradient shares when no stage trains the encoder: the objective cannot act on it)
+        # (built, seeded and loaded; before any checkpoint is loaded, so a resumed run measures from the same start);
+        # no gradient shares when no stage trains the encoder (the objective cannot act on it)
         trains_encoder = any(not s.conf.freeze_encoder for s in self.stages)
-        self.monitor = ObjectiveMonitor(model, loss_fn, self._fixed_val_batches(cfg.trainer.diagnostic_batches),
+        self.monitor = ObjectiveMonitor(model, job_loss, self._fixed_val_batches(cfg.trainer.diagnostic_batches),
                                         grad_shares=trains_encoder)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_device(x, y, self.device, self.cfg.trainer.channels_last)
 
     def _fixed_val_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         batches = []
@@ -110,58 +92,26 @@ class Trainer:
         """The epoch within the current stage: it seeds the data order. Every stage sees the same sequence of
         orders, so a variant's joint stage and the baseline's (which has no decoder stages before it) see the
         same batches."""
-        return self.state.epoch - self._stage.first_epoch
+        return self.state.epoch - self.stage.first_epoch
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.setup.optimizer
 
     def enter_stage(self, stage: Stage, reseed: bool = True) -> None:
-        """Freeze or unfreeze what the stage trains and give it a fresh optimiser and LR schedule. The global RNG
-        is reseeded from (seed, stage), so what a stage draws (dropout) does not depend on the stages before it:
-        a variant and the baseline draw the same masks in their joint stages."""
-        self._stage = stage
+        """The stage's set-up (stages.py). The global RNG is reseeded from (seed, stage) first, so what a stage
+        draws (dropout) does not depend on the stages before it: a variant and the baseline draw the same masks
+        in their joint stages."""
+        self.stage = stage
         if reseed:
-            torch.manual_seed(self.cfg.trainer.seed * 1_000 + ("pretrain", "decoder", "joint").index(stage.name))
-        self.model.set_encoder_frozen(stage.conf.freeze_encoder)
-        pretraining = stage.name == "pretrain"
-        if self.model.decoder is not None:
-            self.model.decoder.requires_grad_(True)
-            if pretraining and getattr(self.model.decoder, "fc", None) is not None:
-                self.model.decoder.fc.requires_grad_(False)  # pre-training trains the conv blocks only
-        self.net = self._wrap(self.model)
-        if pretraining:
-            lrs = self._pretrain_lrs(stage.conf)
-            groups = [g for block, lr in zip(self.model.decoder.blocks, lrs.values())
-                      for g in param_groups(block.named_parameters(), self.cfg.schedule, lr)]
-            self.stage_loss = pretrain_loss(self.model, self.cfg.data.std).to(self.device)
-            lr_text = "per block " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
-        else:
-            probe = stage.conf.probe_lr and self.model.decoder is not None
-            lr = self._probed_decoder_lr() if probe else stage.conf.lr
-            groups = param_groups(self.model.named_parameters(), self.cfg.schedule, lr)
-            self.stage_loss = self.loss_fn
-            lr_text = f"lr {lr:g}" + (" (probed)" if probe else "")
-        # torch's fused optimisers run on CPU and CUDA: one kernel per step instead of one per parameter and op
-        # (on the default CPU job, AdamW's step 3.9 -> 1.1 ms for swwae_all)
-        self.optimizer = build_optimizer(groups, self.cfg.schedule, fused=self.device.type in ("cpu", "cuda"))
-        self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, stage.conf.epochs, self.cfg.schedule)
-        log.info("stage %s: epochs %d-%d, %s, %s", stage.name, stage.first_epoch + 1, stage.end_epoch, lr_text,
-                 "encoder frozen" if stage.conf.freeze_encoder else "end to end")
-
-    def _pretrain_lrs(self, conf) -> dict[str, float]:
-        """Given or probed on rank 0's first batches; every rank uses rank 0's choice."""
-        lrs = block_lrs(self.model, self.loss_fn, conf, self.cfg.schedule, self._first_train_images,
-                        self._val_images())
-        lrs = distributed.broadcast_object(lrs)
-        self.tracker.log_metrics({f"pretrain/lr/{k}": v for k, v in lrs.items()}, step=self.state.epoch)
-        return lrs
-
-    def _probed_decoder_lr(self) -> float:
-        lr = distributed.broadcast_object(decoder_lr(self.model, self.loss_fn, self.cfg.schedule.pretrain,
-                                                     self.cfg.schedule, self._first_train_images, self._val_images()))
-        self.tracker.log_metrics({f"{self._stage.name}/lr": lr}, step=self.state.epoch)
-        return lr
-
-    def _val_images(self) -> list[torch.Tensor]:
-        """What LR probes judge by: the fixed validation batches (selection never looks at the test set)."""
-        return [x for x, _ in self.monitor.batches]
+            torch.manual_seed(self.cfg.trainer.seed * 1_000 + stage.seed)
+        self.setup = set_up_stage(stage, self.model, self.job_loss, self.cfg, self.device, self.env,
+                                  self.steps_per_epoch, self._first_train_images,
+                                  [x for x, _ in self.monitor.batches])  # probes judge on validation
+        if self.setup.metrics:
+            self.tracker.log_metrics(self.setup.metrics, step=self.state.epoch)
+        log.info("stage %s: epochs %d-%d, %s, %s", stage.name, stage.first_epoch + 1, stage.end_epoch,
+                 self.setup.lr_text, "encoder frozen" if stage.conf.freeze_encoder else "end to end")
 
     def _first_train_images(self, n: int) -> list[torch.Tensor]:
         self.loaders.train.set_epoch(self.data_epoch)
@@ -172,14 +122,7 @@ class Trainer:
                 break
         return images
 
-    def _wrap(self, model: AugmentedNet) -> torch.nn.Module:
-        """DDP registers only parameters that require grad, so it is re-wrapped whenever a stage (un)freezes."""
-        if not self.env.enabled:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    # ------------------------------------------------------------------ main loop
+    # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
         with self.preemption.installed():
             return self._fit()
@@ -189,7 +132,7 @@ class Trainer:
         last = {k: v for k, v in self.state.history[-1].items() if k != "epoch"} if self.state.history else {}
         while self.state.epoch < self.total_epochs:
             stage = self.stage_at(self.state.epoch)
-            if stage is not self._stage:
+            if stage is not self.stage:
                 self.enter_stage(stage)
             last = {f"train/{k}": v for k, v in self.train_epoch().items()}
             self.state.epoch += 1
@@ -198,6 +141,100 @@ class Trainer:
             self._end_epoch(last, visual, is_best)
         return last
 
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        first = self.state.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
+        self.loaders.train.set_epoch(self.data_epoch, skip_batches=first)
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=first, disable=self.quiet,
+                   desc=f"epoch {self.state.epoch + 1}/{self.total_epochs} [{self.stage.name}]", leave=False,
+                   dynamic_ncols=True)
+        for i, (x, y) in enumerate(self.loaders.train, start=first):
+            if i >= self.steps_per_epoch:
+                break
+            seen += self.train_step(x, y)
+            self.state.batch_in_epoch = i + 1
+            bar.update(1)
+            if self.state.step % self.cfg.trainer.log_every_n_steps == 0:
+                self._log_running_losses(bar, seen / (time.perf_counter() - start))
+            self._step_boundary()
+        bar.close()
+        self.nonfinite.verify()
+        metrics = {f"loss/{k}": v for k, v in self.state.running.compute().items()}
+        metrics["img_per_s"] = seen * self.env.world_size / max(1e-9, time.perf_counter() - start)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.cfg.trainer.nonfinite == "skip":
+            metrics["skipped_batches"] = self.nonfinite.skipped
+        self.state.start_epoch()
+        return metrics
+
+    def _log_running_losses(self, bar, img_per_s: float) -> None:
+        """The epoch's running means so far, against the global step: with verify(), the only host syncs."""
+        self.nonfinite.verify()
+        means = self.state.running.compute()
+        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
+                        {"img/s": f"{img_per_s:.0f}"})
+        if means:
+            self.tracker.log_metrics({f"train_step/loss/{k}": v for k, v in means.items()} |
+                                     {"train_step/lr": self.optimizer.param_groups[0]["lr"]}, step=self.state.step)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """One optimiser step (skipped for a non-finite loss with trainer.nonfinite=skip); returns the batch size."""
+        x, y = self._to_device(x, y)
+        xu = self._next_unlabelled() if self.unlabelled is not None else None
+        with oom_hint("training step", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device):
+            with autocast(self.device, self.cfg.trainer.precision):
+                terms = self.loss_terms(x, y, xu)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.nonfinite.admit(terms, self.state.step + 1):
+                self.scaler.scale(terms["total"]).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.state.running.update(terms)
+        self.setup.scheduler.step()  # a skipped batch still advances the LR schedule, which counts batches
+        self.state.step += 1
+        return x.shape[0]
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor] = None) -> dict:
+        """The stage's loss terms. With unlabelled images, one forward pass over both batches: cross-entropy over the
+        labelled rows, each reconstruction term the mean over all rows, so that the reconstruction-to-cross-entropy
+        balance is the labelled-only step's ("more data", not "a heavier reconstruction weight")."""
+        return (self._compiled_loss_terms or self._loss_terms)(x, y, xu)
+
+    def _loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor]) -> dict:
+        inputs = x if xu is None else torch.cat([x, xu])
+        out = self.setup.net(inputs, decode=self.model.decoder is not None,
+                             layerwise=self.stage.name is StageName.pretrain)
+        return self.setup.loss(out, inputs, y)
+
+    def _next_unlabelled(self) -> torch.Tensor:
+        pos = self.state.unlabelled
+        if self._unlabelled_iter is None:
+            self.unlabelled.set_epoch(pos["epoch"], skip_batches=pos["batch"])
+            self._unlabelled_iter = iter(self.unlabelled)
+        batch = next(self._unlabelled_iter, None)
+        if batch is None:  # the unlabelled pool is used up: its next epoch, in a new order
+            pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
+            self.unlabelled.set_epoch(pos["epoch"])
+            self._unlabelled_iter = iter(self.unlabelled)
+            batch = next(self._unlabelled_iter)
+        pos["batch"] += 1
+        return self._to_device(*batch)[0]
+
+    def _step_boundary(self) -> None:
+        """The periodic mid-epoch checkpoint (the epoch's last step gets the end-of-epoch one) and the
+        preemption exit."""
+        every = self.cfg.trainer.checkpoint_every_n_steps
+        periodic = bool(every) and self.state.step % every == 0 and self.state.batch_in_epoch < self.steps_per_epoch
+        if periodic or self.preemption.requested:
+            self.save_checkpoint()
+        self._exit_if_preempted()
+
+    def _exit_if_preempted(self) -> None:
+        if self.preemption.requested:
+            raise self.preemption.exception(self.state.step)
+
+    # ------------------------------------------------------------------ the end of an epoch
     def _validate_if_due(self) -> tuple[dict[str, float], Optional[VisualBatch], bool]:
         """Every trainer.val_every_n_epochs and after the last epoch: the "val/..." metrics with the objective's
         diagnostics, the figures' batch, and whether top-1 is the best so far. After the last epoch also the test
@@ -205,25 +242,14 @@ class Trainer:
         final = self.state.epoch == self.total_epochs
         if self.state.epoch % self.cfg.trainer.val_every_n_epochs and not final:
             return {}, None, False
-        val, visual = self.evaluate(ssim=self._is_figure_epoch())
+        val, visual = self.evaluator.evaluate(self.loaders.val, ssim=self._is_figure_epoch())
         metrics = {f"val/{k}": v for k, v in val.items()} | self.monitor.metrics()
         is_best = val["top1"] > self.state.best_top1
         self.state.best_top1 = max(self.state.best_top1, val["top1"])
         metrics["val/best_top1"] = self.state.best_top1
         if final:
-            metrics.update(self.evaluate_final())
+            metrics.update(self.evaluator.final(self.loaders))
         return metrics, visual, is_best
-
-    def evaluate_final(self) -> dict[str, float]:
-        """The final model on the test set (trainer.test) and on 10 crops (trainer.ten_crop): read once per run."""
-        metrics = {}
-        if self.loaders.test is not None and self.cfg.trainer.test:
-            test, _ = self.evaluate(self.loaders.test, ssim=True, desc="test")
-            metrics.update({f"test/{k}": v for k, v in test.items()})
-        if self.loaders.ten_crop is not None and (self.loaders.test is None or self.cfg.trainer.test):
-            split = self.loaders.ten_crop_split
-            metrics.update({f"{split}/{k}": v for k, v in self.evaluate_ten_crop().items()})
-        return metrics
 
     def _end_epoch(self, metrics: dict[str, float], visual: Optional[VisualBatch], is_best: bool) -> None:
         """History, logs, figures, the live-decoder guard at a stage's end, then the checkpoint: a crash in between
@@ -231,7 +257,7 @@ class Trainer:
         self.state.history.append({"epoch": self.state.epoch, **metrics})
         self.tracker.log_metrics(metrics, step=self.state.epoch)
         self._log_figures(visual)
-        if self.state.epoch == self._stage.end_epoch:
+        if self.state.epoch == self.stage.end_epoch:
             self.check_decoder_alive()
         self.save_checkpoint("best.pt" if is_best else None)
         self._exit_if_preempted()
@@ -240,11 +266,11 @@ class Trainer:
         """After a stage that trained decoders: every level it trained must still depend on the input."""
         if self.model.decoder is None:
             return
-        pretraining = self._stage.name == "pretrain"
+        pretraining = self.stage.name is StageName.pretrain
         ratios = self.monitor.input_dependence(layerwise=pretraining)
-        levels = list(ratios) if pretraining else list(self.loss_fn.weights)
+        levels = list(ratios) if pretraining else list(self.job_loss.weights)
         self.tracker.log_metrics({f"decoder/input_dependence/{k}": v for k, v in ratios.items()}, step=self.state.epoch)
-        check_alive(ratios, levels, self._stage.name, self.cfg.trainer.dead_decoder_threshold,
+        check_alive(ratios, levels, self.stage.name, self.cfg.trainer.dead_decoder_threshold,
                     self.cfg.trainer.dead_decoder)
 
     def _is_figure_epoch(self) -> bool:
@@ -261,149 +287,12 @@ class Trainer:
         if final:
             self.tracker.log_error_plot(self.state.history)
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def _to_device(self, x, y):
-        fmt = torch.channels_last if self.cfg.trainer.channels_last else torch.contiguous_format
-        x = x.to(self.device, non_blocking=True, memory_format=fmt)
-        return x, y.to(self.device, non_blocking=True)
-
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        first = self.state.batch_in_epoch  # > 0 when resuming mid-epoch: those batches are already done
-        self.loaders.train.set_epoch(self.data_epoch, skip_batches=first)
-        seen, start = 0, time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, initial=first, disable=self.quiet,
-                   desc=f"epoch {self.state.epoch + 1}/{self.total_epochs} [{self._stage.name}]", leave=False,
-                   dynamic_ncols=True)
-        for i, (x, y) in enumerate(self.loaders.train, start=first):
-            if i >= self.steps_per_epoch:
-                break
-            seen += self.train_step(x, y)
-            self.state.batch_in_epoch = i + 1
-            bar.update(1)
-            if self.state.step % self.cfg.trainer.log_every_n_steps == 0:
-                self.nonfinite.verify()
-                means = self.state.running.compute()  # with verify(), the only host syncs, once per log interval
-                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k in ("total", "ce")} |
-                                {"img/s": f"{seen / (time.perf_counter() - start):.0f}"})
-                if means:  # the epoch's running means so far, against the global step
-                    self.tracker.log_metrics({f"train_step/loss/{k}": v for k, v in means.items()} |
-                                             {"train_step/lr": self.optimizer.param_groups[0]["lr"]},
-                                             step=self.state.step)
-            self._step_boundary()
-        bar.close()
-        self.nonfinite.verify()
-        metrics = {f"loss/{k}": v for k, v in self.state.running.compute().items()}
-        metrics["img_per_s"] = seen * self.env.world_size / max(1e-9, time.perf_counter() - start)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        if self.cfg.trainer.nonfinite == "skip":
-            metrics["skipped_batches"] = self.nonfinite.skipped
-        self.state.start_epoch()
-        return metrics
-
-    def _next_unlabelled(self) -> torch.Tensor:
-        pos = self.state.unlabelled
-        if self._unlabelled_iter is None:
-            self.unlabelled.set_epoch(pos["epoch"], skip_batches=pos["batch"])
-            self._unlabelled_iter = iter(self.unlabelled)
-        batch = next(self._unlabelled_iter, None)
-        if batch is None:  # the unlabelled pool is used up: its next epoch, in a new order
-            pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
-            self.unlabelled.set_epoch(pos["epoch"])
-            self._unlabelled_iter = iter(self.unlabelled)
-            batch = next(self._unlabelled_iter)
-        pos["batch"] += 1
-        return self._to_device(*batch)[0]
-
-    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor] = None) -> dict:
-        """The stage's loss terms. With unlabelled images, one forward pass over both batches: cross-entropy over the
-        labelled rows, each reconstruction term the mean over all rows, so that the reconstruction-to-cross-entropy
-        balance is the labelled-only step's ("more data", not "a heavier reconstruction weight")."""
-        return (self._compiled_loss_terms or self._loss_terms)(x, y, xu)
-
-    def _loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor]) -> dict:
-        inputs = x if xu is None else torch.cat([x, xu])
-        out = self.net(inputs, decode=self.model.decoder is not None, layerwise=self._stage.name == "pretrain")
-        return self.stage_loss(out, inputs, y)
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
-        """One optimiser step (skipped for a non-finite loss with trainer.nonfinite=skip); returns the batch size."""
-        x, y = self._to_device(x, y)
-        xu = self._next_unlabelled() if self.unlabelled is not None else None
-        with oom_hint("training step", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device):
-            with self._autocast():
-                terms = self.loss_terms(x, y, xu)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.nonfinite.admit(terms, self.state.step + 1):
-                self.scaler.scale(terms["total"]).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.state.running.update(terms)
-        self.scheduler.step()  # a skipped batch still advances the LR schedule, which counts batches
-        self.state.step += 1
-        return x.shape[0]
-
-    def _step_boundary(self) -> None:
-        """The periodic mid-epoch checkpoint (the epoch's last step gets the end-of-epoch one) and the
-        preemption exit."""
-        every = self.cfg.trainer.checkpoint_every_n_steps
-        periodic = bool(every) and self.state.step % every == 0 and self.state.batch_in_epoch < self.steps_per_epoch
-        if periodic or self.preemption.requested:
-            self.save_checkpoint()
-        self._exit_if_preempted()
-
-    def _exit_if_preempted(self) -> None:
-        if self.preemption.requested:
-            raise self.preemption.exception(self.state.step)
-
-    @torch.no_grad()
-    def evaluate(self, loader=None, ssim: bool = True, desc: str = "validate"
-                 ) -> tuple[dict[str, float], Optional[VisualBatch]]:
-        """Top-1 / top-5, the loss terms and the reconstruction metrics on `loader` (default: validation)."""
-        self.model.eval()
-        metrics = EvalMetrics(self.cfg.data.num_classes, self.device, ssim)
-        visual = None
-        bar = tqdm(loader or self.loaders.val, desc=desc, disable=self.quiet, leave=False)
-        for x, y in bar:
-            x, y = self._to_device(x, y)
-            with oom_hint("validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision, self.device), \
-                    self._autocast():
-                out = self.model(x)
-                terms = self.loss_fn(out, x, y)
-            targets = {**out.targets, "image": self.loss_fn.image_target(x)}
-            metrics.update(out.logits, y, terms, out.recons, targets)
-            if visual is None and out.recons:
-                n = self.cfg.trainer.recon_images
-                visual = VisualBatch(x[:n] * self.loss_fn.image_std, {k: v[:n] for k, v in out.recons.items()},
-                                     {k: targets[k][:n] for k in out.recons})
-        return metrics.compute(), visual
-
-    @torch.no_grad()
-    def evaluate_ten_crop(self) -> dict[str, float]:
-        """Top-1 / top-5 of softmax averaged over 10 crops of each uncropped validation image."""
-        self.model.eval()
-        metrics = EvalMetrics(self.cfg.data.num_classes, self.device)
-        size = self.cfg.backbone.image_size
-        for x, y in tqdm(self.loaders.ten_crop, desc=f"{self.loaders.ten_crop_split} (10 crops)", disable=self.quiet,
-                         leave=False):
-            x, y = self._to_device(x, y)
-            with oom_hint("10-crop validation", self.cfg.schedule.batch_size, self.cfg.trainer.precision,
-                          self.device), self._autocast():
-                probs = ten_crop_probs(lambda c: self.model(c, decode=False).logits, x, size)
-            metrics.update(probs, y, {}, {}, {})
-        out = metrics.compute()
-        return {"top1_10crop": out["top1"], "top5_10crop": out["top5"]}
-
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict[str, Any]:
         """Everything a resumed run needs (the layout: training/state.py)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "stage": self._stage.name, "skipped_batches": self.nonfinite.skipped,
+                "scheduler": self.setup.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "stage": str(self.stage.name), "skipped_batches": self.nonfinite.skipped,
                 "mlflow_run_id": self.tracker.run_id, **self.state.to_dict()}
 
     def save_checkpoint(self, also_as: Optional[str] = None) -> Path:
@@ -428,7 +317,7 @@ class Trainer:
             # mid-stage: keep the optimiser's momentum and the LR position, then the random streams
             self.enter_stage(stage, reseed=False)
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.setup.scheduler.load_state_dict(state["scheduler"])
             ckpt.set_rng_state(state["rng"])
         else:  # at a stage boundary: the next stage starts (and reseeds) as in an uninterrupted run
             ckpt.set_rng_state(state["rng"])

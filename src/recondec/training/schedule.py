@@ -2,34 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 
-from recondec.config import LRSchedule, Optimizer, PretrainConf, ScheduleConf, StageConf
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str           # "pretrain" (decoder blocks one by one), "decoder" (encoder frozen) or "joint"
-    conf: StageConf | PretrainConf
-    first_epoch: int    # global index of its first epoch
-
-    @property
-    def end_epoch(self) -> int:
-        return self.first_epoch + self.conf.epochs
-
-
-def plan_stages(schedule: ScheduleConf, has_decoder: bool) -> list[Stage]:
-    """The protocol: decoder blocks pre-trained one by one, then the decoders alone (both skipped when there is
-    no decoder), then joint training."""
-    stages, epoch = [], 0
-    for name, conf in (("pretrain", schedule.pretrain), ("decoder", schedule.decoder), ("joint", schedule.joint)):
-        if conf.epochs == 0 or (conf.freeze_encoder and not has_decoder):
-            continue
-        stages.append(Stage(name, conf, epoch))
-        epoch += conf.epochs
-    return stages
+from recondec.config import LRSchedule, Optimizer, ScheduleConf
 
 
 def param_groups(named_params, schedule: ScheduleConf, lr: float) -> list[dict]:
