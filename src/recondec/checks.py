@@ -61,7 +61,7 @@ def check_data(data: DataConf) -> None:
 
 
 def _count_classes(train: Path, given) -> int:
-    from recondec.data.beton import list_classes
+    from recondec.data.images import list_classes
 
     try:
         found = len(list_classes(train))

@@ -113,7 +113,7 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
             "resume_key": resume_key(info), "output_dir": str(Path(cfg.output_dir).resolve()), **machine_tags(cfg),
             **cfg.logger.tags}
     if cfg.schedule.unlabelled_batch_size and cfg.variant.topology != "none":
-        tags["arm"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
+        tags["row"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
     if info.parent_run_id:
         tags["mlflow.parentRunId"] = info.parent_run_id  # how MLflow's UI nests runs
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),

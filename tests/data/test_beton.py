@@ -11,7 +11,8 @@ from PIL import Image
 
 from recondec.config import WriteMode
 from recondec.data import beton
-from recondec.data.beton import BadImageError, list_classes, list_split, write_arrays, write_listing
+from recondec.data.beton import write_arrays, write_listing
+from recondec.data.images import BadImageError, list_classes, list_split
 
 from .conftest import ffcv_conf, good_tree, smooth_image, stored
 
@@ -212,7 +213,7 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
     root = good_tree(tmp_path / "src")
     broken = root / "train" / "fox" / "004.jpg"
     broken.write_bytes(b"garbage")
-    monkeypatch.setattr(beton, "validate", lambda listing, opts, desc: [None] * len(listing.samples))
+    monkeypatch.setattr(beton, "check_images", lambda listing, opts, desc: [None] * len(listing.samples))
     with pytest.raises(RuntimeError, match=r"fox/004\.jpg"):
         _write_tree(root, tmp_path / "out")
     assert not (tmp_path / "out" / "train.beton").exists() and _no_temporaries(tmp_path / "out")
@@ -232,7 +233,7 @@ def _imagenet_val_tree(root: Path) -> None:
 def test_flat_imagenet_val_folder_labelled_by_torchvisions_devkit_meta_file(tmp_path):
     import torch
 
-    from recondec.data.beton import list_classes, list_split
+    from recondec.data.images import list_classes, list_split
 
     _imagenet_val_tree(tmp_path)
     torch.save(({"n01440764": ("tench",), "n01443537": ("goldfish",)}, ["n01443537", "n01440764", "n01443537"]),
@@ -248,7 +249,7 @@ def test_flat_imagenet_val_folder_labelled_by_the_devkit_archive(tmp_path, monke
     import scipy.io
     import torchvision.datasets.imagenet
 
-    from recondec.data.beton import list_classes, list_split
+    from recondec.data.images import list_classes, list_split
 
     _imagenet_val_tree(tmp_path)
     data = tmp_path / "devkit" / "ILSVRC2012_devkit_t12" / "data"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recondec.config import DataConf, Order, TrainCrop, dataset_kind
-from recondec.data import UNLABELLED_SEED, Loaders, ten_crop_view_size
+from recondec.data.base import UNLABELLED_SEED, Loaders, ten_crop_view_size
 from recondec.data.beton import beton_labels, beton_path, beton_splits, prepare_command, write_dataset
 from recondec.data.splits import split_training_set
 

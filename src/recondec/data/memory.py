@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from recondec.config import DataConf
-from recondec.data import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
+from recondec.data.base import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
 from recondec.data.builtin import ArraySplit, limit, load_builtin, take
 from recondec.data.splits import split_training_set
 

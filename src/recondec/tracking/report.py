@@ -148,9 +148,9 @@ def verdict(c: Comparison, what: str = "top-1", against: str = "the baseline") -
             f"{c.mde:.2f} points with {POWER:.0%} power (alpha {ALPHA:g}/{c.family}), smaller ones it can miss")
 
 
-def arm(run) -> str:
-    """A report row: the variant, or "<variant>+unlabelled" for semi-supervised runs (their tag "arm")."""
-    return run.data.tags.get("arm", run.data.tags["variant"])
+def row_name(run) -> str:
+    """A run's row in the report: its tag "row" (the variant, or "<variant>+unlabelled" for semi-supervised runs)."""
+    return run.data.tags.get("row", run.data.tags["variant"])
 
 
 def ordered(arms) -> list[str]:
@@ -176,7 +176,7 @@ def finished_runs(tracking_uri: str, experiment: str, sweep: Optional[str] = Non
         tags = r.data.tags
         if SUMMARY_TAG in tags or tags.get("role") == "classifier" or "variant" not in tags:
             continue
-        newest.setdefault((arm(r), tags.get("seed", r.info.run_id)), r)
+        newest.setdefault((row_name(r), tags.get("seed", r.info.run_id)), r)
     return list(newest.values())
 
 
@@ -188,7 +188,7 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
     """row -> metric -> Stat (the last logged value of each run, keyed by its seed)."""
     table: dict[str, dict[str, Stat]] = {}
     for run in runs:
-        stats = table.setdefault(arm(run), {})
+        stats = table.setdefault(row_name(run), {})
         seed = run.data.tags.get("seed", run.info.run_id)
         for key, value in run.data.metrics.items():
             if _kept(key):
@@ -243,7 +243,7 @@ def _comparison_lines(comps: dict[str, Comparison], against: str) -> list[str]:
 
 
 def _table_lines(table, columns: list[tuple[str, str, int, float]]) -> list[str]:
-    """One row per arm; columns: (metric, header, digits, scale)."""
+    """One row per report row (variant, or variant+unlabelled); columns: (metric, header, digits, scale)."""
     head = ["row", "seeds", *[h for _, h, _, _ in columns]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in ordered(table):

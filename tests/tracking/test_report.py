@@ -38,7 +38,7 @@ def store(tmp_path):
                                     "test/top1_10crop": top1 + 0.5, "encoder/rel_change": 0.1 * (seed + 1),
                                     "grad_share/recon/first_conv": 0.2}, step=2)
     for seed, top1 in enumerate([94.0, 94.3, 94.1]):  # semi-supervised runs: a row of their own
-        with mlflow.start_run(tags={"variant": "swwae_all", "arm": "swwae_all+unlabelled", "seed": str(seed),
+        with mlflow.start_run(tags={"variant": "swwae_all", "row": "swwae_all+unlabelled", "seed": str(seed),
                                     "pairing": pairing(seed)}):
             mlflow.log_metrics({"test/top1": top1}, step=2)
     with mlflow.start_run(tags={"variant": "baseline"}) as failed:

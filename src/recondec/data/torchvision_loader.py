@@ -1,7 +1,7 @@
 """The torchvision fallback: ImageFolder + DataLoader with the ffcv loaders' transforms and normalisation.
 
 Same files, classes and indices as the .beton writer (class folders sorted as ImageFolder sorts them, a flat
-val/ folder through its label file) and the same RGB conversion (recondec.data.beton.open_rgb). Unlike the
+val/ folder through its label file) and the same RGB conversion (recondec.data.images.open_rgb). Unlike the
 writer it does not skip bad images: a broken file raises in a worker, which DataLoader reports.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf, TrainCrop
-from recondec.data import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
-from recondec.data.beton import label_problem, list_classes, list_split, open_rgb
+from recondec.data.base import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
+from recondec.data.images import label_problem, list_classes, list_split, open_rgb
 from recondec.data.splits import split_training_set
 
 
@@ -67,7 +67,7 @@ def image_dataset(root: str, split: str, classes: list[str], transform: Callable
     return _Listed(list_split(root, split, classes).samples, len(classes), transform)
 
 
-class FolderLoader:
+class TorchvisionLoader:
     """DataLoader with the loader protocol: set_epoch forwards to the DistributedSampler and skips batches."""
 
     def __init__(self, loader: DataLoader, sampler: Optional[DistributedSampler], seed: int,
@@ -93,7 +93,7 @@ class FolderLoader:
 
 
 def _loader(dataset: Dataset, data: DataConf, batch_size: int, seed: int, train: bool, rank: int,
-            world_size: int) -> FolderLoader:
+            world_size: int) -> TorchvisionLoader:
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                  drop_last=train) if world_size > 1 else None
     # the sampler's own generator: the DataLoader's would also seed its workers, drawn once per fresh iterator but
@@ -104,7 +104,7 @@ def _loader(dataset: Dataset, data: DataConf, batch_size: int, seed: int, train:
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
                         num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
                         pin_memory=torch.cuda.is_available())
-    return FolderLoader(loader, sampler if order is None else None, seed, order)
+    return TorchvisionLoader(loader, sampler if order is None else None, seed, order)
 
 
 def _limit(dataset: Dataset, n: Optional[int]) -> Dataset:
@@ -124,7 +124,7 @@ class _Unlabelled(Dataset):
         return self.dataset[i][0], -1
 
 
-def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
+def build_torchvision_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
                          world_size: int = 1, ten_crop: bool = False, train_crop: TrainCrop = TrainCrop.random_resized,
                          unlabelled_batch_size: int = 0) -> Loaders:
     """train/ (its labelled and unlabelled images: splits.py), val/, and test/ where the tree has one."""
@@ -133,7 +133,7 @@ def build_folder_loaders(data: DataConf, image_size: int, batch_size: int, seed:
     source = image_dataset(data.root, "train", classes, transform)
     split = split_training_set(np.asarray([y for _, y in source.samples]), data, seed, holdout=False)
 
-    def eval_loader(name: str, transform: Callable, limit: Optional[int]) -> FolderLoader:
+    def eval_loader(name: str, transform: Callable, limit: Optional[int]) -> TorchvisionLoader:
         dataset = _limit(image_dataset(data.root, name, classes, transform), limit)
         return _loader(dataset, data, batch_size, seed, False, rank, world_size)
 

@@ -1,0 +1,33 @@
+"""build_loaders: the loader data.loader names (memory, ffcv, torchvision), each imported only when used."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from recondec.config import IMAGENET_MEAN, IMAGENET_STD, DataConf, Loader, TrainCrop
+from recondec.data.base import Loaders
+
+
+def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
+                  rank: int = 0, world_size: int = 1, ten_crop: bool = False,
+                  train_crop: TrainCrop = TrainCrop.random_resized, unlabelled_batch_size: int = 0) -> Loaders:
+    """Train, validation and test loaders (data/splits.py says which images each holds); with ten_crop, also a
+    loader of whole test (else validation) images at ten_crop_view_size (the shorter side resized to it, then its
+    centre square). `train_crop` is the image-folder loaders' training augmentation; the built-in sets (memory
+    loader) are not augmented."""
+    if data.mean is None or data.std is None:  # a DataConf made without validate(): ImageNet's normalisation
+        data = replace(data, mean=data.mean or IMAGENET_MEAN, std=data.std or IMAGENET_STD)
+    if data.loader is Loader.memory:
+        from recondec.data.memory import build_memory_loaders
+
+        return build_memory_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size,
+                                    ten_crop=ten_crop, unlabelled_batch_size=unlabelled_batch_size)
+    if data.loader is Loader.ffcv:
+        from recondec.data.ffcv_loader import build_ffcv_loaders
+
+        return build_ffcv_loaders(data, image_size, batch_size, seed, device=device, rank=rank,
+                                  world_size=world_size, ten_crop=ten_crop, train_crop=train_crop,
+                                  unlabelled_batch_size=unlabelled_batch_size)
+    from recondec.data.torchvision_loader import build_torchvision_loaders
+
+    return build_torchvision_loaders(data, image_size, batch_size, seed, rank=rank, world_size=world_size,
+                                ten_crop=ten_crop, train_crop=train_crop, unlabelled_batch_size=unlabelled_batch_size)
