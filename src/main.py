@@ -1,6 +1,6 @@
 """The front door: compose the config with Hydra, then train, evaluate and track one job.
 
-    python src/main.py                                   # the default: SWWAE-all on digits, CPU, ~40 s
+    python src/main.py                                   # the default: SWWAE-all on digits, CPU, about two minutes
     python src/main.py -m variant=sae_all,swwae          # a grid; compare with `mlflow ui`
 """
 import gc
