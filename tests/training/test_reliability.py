@@ -20,7 +20,7 @@ from recondec.training import checkpoint as ckpt
 from recondec.training.reliability import NonFiniteLoss, Preempted
 
 from ..conftest import TINY
-from .test_run import artifact_paths, runs_of
+from ..helpers import artifact_paths, runs_of
 
 # TINY has 3 steps per epoch and two epochs (decoder stage, then joint): steps 1-3 and 4-6
 EXACT = [*TINY, "trainer.deterministic=true"]

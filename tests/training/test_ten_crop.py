@@ -9,7 +9,7 @@ from recondec.run import run_job
 from recondec.training.metrics import ten_crop_probs
 
 from ..conftest import TINY
-from .test_run import runs_of
+from ..helpers import runs_of
 
 
 def test_ten_crop_probs_average_softmax_over_corners_centre_and_mirrors():
