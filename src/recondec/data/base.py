@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol, runtime_checkable
 
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 from recondec.data.splits import TrainingSplit
@@ -56,3 +57,20 @@ class Loaders:
 def ten_crop_view_size(image_size: int) -> int:
     """The side of the image that 10 crops of image_size are cut from: 256 for 224 (the VGG protocol)."""
     return round(image_size * 256 / 224)
+
+
+# (rows of the training split, batch size, seed, labelled) -> a shuffled, drop-last loader of those rows
+TrainLoaderFactory = Callable[["np.ndarray", int, int, bool], BatchLoader]
+
+
+def assemble_loaders(split: TrainingSplit, train: TrainLoaderFactory, batch_size: int, seed: int,
+                     unlabelled_batch_size: int, *, val: BatchLoader, num_val: int, test: Optional[BatchLoader] = None,
+                     num_test: int = 0, ten_crop: Optional[BatchLoader] = None) -> Loaders:
+    """What every loader builder returns: the labelled rows' training loader, validation, the test set and 10 crops
+    as given, and, when a step asks for unlabelled images and the split has some, their own stream (own seed, labels
+    never read)."""
+    loaders = Loaders(train(split.labelled, batch_size, seed, True), val, len(split.labelled), num_val, split, test,
+                      num_test, ten_crop)
+    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):
+        loaders.unlabelled = train(split.unlabelled, unlabelled_batch_size, seed + UNLABELLED_SEED, False)
+    return loaders

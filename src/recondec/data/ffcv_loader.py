@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recondec.config import DataConf, Order, TrainCrop, dataset_kind
-from recondec.data.base import UNLABELLED_SEED, Loaders, ten_crop_view_size
+from recondec.data.base import Loaders, assemble_loaders, ten_crop_view_size
 from recondec.data.beton import beton_labels, beton_path, beton_splits, prepare_command, write_dataset
 from recondec.data.splits import split_training_set
 
@@ -285,9 +285,10 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
     split = split_training_set(beton_labels(paths["train"]), data, seed, holdout=builtin)
     timeout = data.ffcv.batch_timeout_s
 
-    def train_loader(rows: np.ndarray, **kw) -> GuardedLoader:
+    def train_loader(rows: np.ndarray, batch: int, order_seed: int, labelled: bool) -> GuardedLoader:
+        # an unlabelled stream is the same pipeline: its labels are never read
         loader = Loader(paths["train"], order=_order(data, distributed), drop_last=True, indices=rows,
-                        **{**common, **kw},
+                        **{**common, "batch_size": batch, "seed": order_seed},
                         pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
                                                            data.std, flip=True, channels_last=True),
                                    "label": label_pipeline(device)})
@@ -304,16 +305,13 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
 
     val_path = paths["train"] if builtin else paths["val"]
     val_rows = split.val[:data.val_limit] if builtin else _indices(paths["val"], data.val_limit)
-    train, val = train_loader(split.labelled), eval_loader(val_path, val_rows, image_size, VAL_CROP_RATIO)
-    loaders = Loaders(train, val, len(split.labelled), len(val_rows), split)
-    if "test" in paths:
-        test_rows = _indices(paths["test"], data.test_limit)
-        loaders.test, loaders.num_test = eval_loader(paths["test"], test_rows, image_size, VAL_CROP_RATIO), \
-            len(test_rows)
+    val = eval_loader(val_path, val_rows, image_size, VAL_CROP_RATIO)
+    test_rows = _indices(paths["test"], data.test_limit) if "test" in paths else None
+    test = eval_loader(paths["test"], test_rows, image_size, VAL_CROP_RATIO) if test_rows is not None else None
+    crops = None
     if ten_crop:
-        path, rows = (paths["test"], test_rows) if "test" in paths else (val_path, val_rows)
-        loaders.ten_crop = eval_loader(path, rows, ten_crop_view_size(image_size), 1.0)
-    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):  # labels never read
-        loaders.unlabelled = train_loader(split.unlabelled, batch_size=unlabelled_batch_size,
-                                          seed=seed + UNLABELLED_SEED)
-    return loaders
+        path, rows = (paths["test"], test_rows) if test is not None else (val_path, val_rows)
+        crops = eval_loader(path, rows, ten_crop_view_size(image_size), 1.0)
+    return assemble_loaders(split, train_loader, batch_size, seed, unlabelled_batch_size, val=val,
+                            num_val=len(val_rows), test=test, num_test=len(test_rows) if test is not None else 0,
+                            ten_crop=crops)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from recondec.config import DataConf
-from recondec.data.base import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
+from recondec.data.base import Loaders, assemble_loaders, epoch_seed, ten_crop_view_size
 from recondec.data.builtin import ArraySplit, limit, load_builtin, take
 from recondec.data.splits import split_training_set
 
@@ -74,16 +74,17 @@ def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed:
     official test set."""
     source, test = load_builtin(data.name, data.root, data.test_fraction)
     split = split_training_set(source.labels, data, seed, holdout=True)
-    train, val, test = take(source, split.labelled), limit(take(source, split.val), data.val_limit), \
-        limit(test, data.test_limit)
-    common = dict(batch_size=batch_size, mean=data.mean, std=data.std, rank=rank, world_size=world_size)
-    loaders = Loaders(MemoryLoader(train, image_size, shuffle=True, seed=seed, drop_last=True, **common),
-                      MemoryLoader(val, image_size, shuffle=False, **common), len(train.labels), len(val.labels),
-                      split, MemoryLoader(test, image_size, shuffle=False, **common), len(test.labels))
-    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):
-        loaders.unlabelled = MemoryLoader(take(source, split.unlabelled, labelled=False), image_size, shuffle=True,
-                                          seed=seed + UNLABELLED_SEED, drop_last=True,
-                                          **{**common, "batch_size": unlabelled_batch_size})
-    if ten_crop:
-        loaders.ten_crop = MemoryLoader(test, ten_crop_view_size(image_size), shuffle=False, **common)
-    return loaders
+    val, test = limit(take(source, split.val), data.val_limit), limit(test, data.test_limit)
+    common = dict(mean=data.mean, std=data.std, rank=rank, world_size=world_size)
+
+    def train(rows, batch: int, order_seed: int, labelled: bool) -> MemoryLoader:
+        return MemoryLoader(take(source, rows, labelled=labelled), image_size, batch, shuffle=True, seed=order_seed,
+                            drop_last=True, **common)
+
+    def evaluation(images: ArraySplit, side: int) -> MemoryLoader:
+        return MemoryLoader(images, side, batch_size, shuffle=False, **common)
+
+    return assemble_loaders(split, train, batch_size, seed, unlabelled_batch_size,
+                            val=evaluation(val, image_size), num_val=len(val.labels),
+                            test=evaluation(test, image_size), num_test=len(test.labels),
+                            ten_crop=evaluation(test, ten_crop_view_size(image_size)) if ten_crop else None)

@@ -16,7 +16,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf, TrainCrop
-from recondec.data.base import UNLABELLED_SEED, Loaders, epoch_seed, ten_crop_view_size
+from recondec.data.base import Loaders, assemble_loaders, epoch_seed, ten_crop_view_size
 from recondec.data.images import label_problem, list_classes, list_split, open_rgb
 from recondec.data.splits import split_training_set
 
@@ -137,21 +137,18 @@ def build_torchvision_loaders(data: DataConf, image_size: int, batch_size: int, 
         dataset = _limit(image_dataset(data.root, name, classes, transform), limit)
         return _loader(dataset, data, batch_size, seed, False, rank, world_size)
 
+    def train(rows, batch: int, order_seed: int, labelled: bool) -> TorchvisionLoader:
+        pool = Subset(source, rows.tolist())
+        return _loader(pool if labelled else _Unlabelled(pool), data, batch, order_seed, True, rank, world_size)
+
     val = eval_loader("val", val_transform(image_size, data.mean, data.std), data.val_limit)
-    train = Subset(source, split.labelled.tolist())
-    loaders = Loaders(_loader(train, data, batch_size, seed, True, rank, world_size), val, len(train),
-                      len(val.loader.dataset), split)
     has_test = (Path(data.root) / "test").is_dir()
-    if has_test:
-        loaders.test = eval_loader("test", val_transform(image_size, data.mean, data.std), data.test_limit)
-        loaders.num_test = len(loaders.test.loader.dataset)
+    test = eval_loader("test", val_transform(image_size, data.mean, data.std), data.test_limit) if has_test else None
+    crops = None
     if ten_crop:
         view = ten_crop_view_size(image_size)
-        loaders.ten_crop = eval_loader("test" if has_test else "val",
-                                       val_transform(view, data.mean, data.std, crop_ratio=1.0),
-                                       data.test_limit if has_test else data.val_limit)
-    if split.unlabelled is not None and unlabelled_batch_size and len(split.unlabelled):
-        pool = Subset(source, split.unlabelled.tolist())
-        loaders.unlabelled = _loader(_Unlabelled(pool), data, unlabelled_batch_size, seed + UNLABELLED_SEED, True,
-                                     rank, world_size)
-    return loaders
+        crops = eval_loader("test" if has_test else "val", val_transform(view, data.mean, data.std, crop_ratio=1.0),
+                            data.test_limit if has_test else data.val_limit)
+    return assemble_loaders(split, train, batch_size, seed, unlabelled_batch_size,
+                            val=val, num_val=len(val.loader.dataset), test=test,
+                            num_test=len(test.loader.dataset) if test is not None else 0, ten_crop=crops)
