@@ -43,6 +43,11 @@ class Trainer:
         self.evaluator = Evaluator(cfg, model, job_loss, device, self.quiet)
         # trainer.compile: the step's forward *and* its loss terms as one graph, so the losses' elementwise work
         # fuses with the model's. Guards on the stage and the wrapped net recompile it when a stage changes.
+        if cfg.trainer.compile:
+            # one job starts with empty dynamo caches: an in-process multirun's earlier jobs compiled the same code
+            # for other models, and their entries count toward the recompile limit, past which dynamo silently
+            # runs the step eagerly
+            torch.compiler.reset()
         self._compiled_loss_terms = torch.compile(self._loss_terms) if cfg.trainer.compile else None
         self.stages = plan_stages(cfg.schedule, model.decoder is not None)
         self.total_epochs = self.stages[-1].end_epoch if self.stages else 0
