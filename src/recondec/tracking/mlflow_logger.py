@@ -81,6 +81,7 @@ def set_experiment(tracking_uri: str, name: str) -> None:
             client.create_experiment(name, artifact_location=artifact_root(tracking_uri))
         except mlflow.exceptions.MlflowException:
             pass  # a job of the same sweep created it in the meantime
+    mlflow.set_tracking_uri(tracking_uri)  # the fluent API's store: else MLflow's default, a database in the cwd
     mlflow.set_experiment(name)
 
 
