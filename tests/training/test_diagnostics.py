@@ -12,7 +12,7 @@ from recondec.models.losses import euclidean
 from recondec.job import JobInfo, build_trainer
 from recondec.run import run_job
 from recondec.training import pretrain
-from recondec.training.diagnostics import DeadDecoderError, encoder_convs
+from recondec.training.diagnostics import DeadDecoderError, encoder_convs, run_medians
 from recondec.training.pretrain import ProbeFailed, probe_lr
 
 from ..conftest import TINY
@@ -112,6 +112,23 @@ def test_every_validation_logs_the_diagnostics_and_the_summary_prints_them(compo
     share = result.metrics["grad_share/recon/first_conv"]
     assert f"reconstruction gradient = {100 * share:.1f}% of the cross-entropy's at the first conv" in out
     assert f"encoder moved {100 * result.metrics['encoder/rel_change']:.1f}% from its start" in out
+    # the share over the whole run: the median of both validations' shares (of two values, their mean)
+    history = [m.value for m in client.get_metric_history(result.run_id, "grad_share/recon/first_conv")]
+    median = result.metrics["run_median/grad_share/recon/first_conv"]
+    assert median == pytest.approx(sum(history) / 2)
+    assert f"(median over the run's validations: {100 * median:.1f}%)" in out
+
+
+def test_the_run_median_of_the_shares_is_the_median_over_the_validations_that_measured_them():
+    history = [{"epoch": 1, "grad_share/recon/first_conv": 0.5, "grad_share/recon/last_conv": 0.1},
+               {"epoch": 2},  # no validation this epoch
+               {"epoch": 3, "grad_share/recon/first_conv": 0.02, "grad_share/recon/last_conv": 0.3},
+               {"epoch": 4, "grad_share/recon/first_conv": 0.1, "grad_share/recon/last_conv": 0.2}]
+    assert run_medians(history) == {"run_median/grad_share/recon/first_conv": 0.1,
+                                    "run_median/grad_share/recon/last_conv": 0.2}
+    assert run_medians(history[:1] + history[2:3]) == {"run_median/grad_share/recon/first_conv": pytest.approx(0.26),
+                                                       "run_median/grad_share/recon/last_conv": pytest.approx(0.2)}
+    assert run_medians([{"epoch": 1, "encoder/rel_change": 0.1}]) == {}  # a baseline has no shares
 
 
 def test_a_probe_that_refuses_every_candidate_is_an_error_naming_the_module():

@@ -39,6 +39,7 @@ OTHER = {"mse/image": ("image MSE", 4), "psnr/image": ("image PSNR (dB)", 2)}
 SPEED = {"train/img_per_s": ("img/s", 0)}
 DIAGNOSTICS = {"grad_share/recon/first_conv": "recon grad share, first conv (%)",
                "grad_share/recon/last_conv": "recon grad share, last conv (%)",
+               "run_median/grad_share/recon/first_conv": "median over the run, first conv (%)",
                "encoder/rel_change": "encoder change (%)"}
 
 
@@ -270,7 +271,8 @@ def markdown(table, experiment: str, comps: dict[str, Comparison],
     if diagnostics:
         lines += ["", "Did the unsupervised objective act? The reconstruction terms' gradient at the encoder's first "
                   "and last conv, as a share of the cross-entropy's, and the encoder's mean relative weight change "
-                  "from the start of the run (at the last validation).", "", *_table_lines(table, diagnostics)]
+                  "from the start of the run (at the last validation); where the runs have it, the first-conv share's "
+                  "median over every validation of the run.", "", *_table_lines(table, diagnostics)]
     if comps:
         lines += ["", f"Top-1 against the baseline ({CONFIDENCE:.0%} confidence). The test used: paired over the "
                   "seeds when they pair the runs, else Welch's; Holm: adjusted for the rows compared; MDE: the true "

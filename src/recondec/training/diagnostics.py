@@ -4,6 +4,9 @@
   in the loss) at the encoder's first and last conv weight, relative to the norm of the cross-entropy's gradient
   there; ``<term>`` is ``image``, ``pool1``, ..., and ``recon`` for all of them together. A share of 1 % means the
   decoder cannot shape the encoder, whatever it reconstructs.
+- ``run_median/grad_share/recon/{first,last}_conv``: the median of those shares over every validation of the run.
+  The share at the end alone can mislead: as the cross-entropy's gradient falls towards zero the last share can
+  read large (or small) after the terms mattered most, while the classifier was learning.
 - ``encoder/rel_change``: the mean over the encoder's conv layers of ||W - W0|| / ||W0||, W0 the weights the run
   started from (the classifier it fine-tunes, or its initialisation).
 - ``input_dependence``: the spread of a level's reconstruction over the batch (mean over elements of the std over
@@ -147,6 +150,20 @@ def check_alive(ratios: dict[str, float], levels: list[str], stage: str, thresho
     raise DeadDecoderError(message)
 
 
+RUN_MEDIAN = "run_median/"
+
+
+def run_medians(history: list[dict[str, float]]) -> dict[str, float]:
+    """run_median/grad_share/recon/{first,last}_conv: the median over the validations that measured the share."""
+    medians = {}
+    for key in ("grad_share/recon/first_conv", "grad_share/recon/last_conv"):
+        values = sorted(entry[key] for entry in history if key in entry)
+        if values:
+            mid = len(values) // 2
+            medians[RUN_MEDIAN + key] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return medians
+
+
 def describe_objective(metrics: dict[str, float]) -> str:
     """One line for the job's summary: how much the reconstruction terms push the encoder, how far it moved."""
     moved = metrics.get("encoder/rel_change")
@@ -157,5 +174,7 @@ def describe_objective(metrics: dict[str, float]) -> str:
     last = metrics.get("grad_share/recon/last_conv", float("nan"))
     parts = ", ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in metrics.items()
                       if k.startswith("grad_share/") and k.endswith("/first_conv") and "/recon/" not in k)
+    median = metrics.get(RUN_MEDIAN + "grad_share/recon/first_conv")
+    over_run = f" (median over the run's validations: {100 * median:.1f}%)" if median is not None else ""
     return (f"reconstruction gradient = {100 * first:.1f}% of the cross-entropy's at the first conv ({parts}), "
-            f"{100 * last:.1f}% at the last conv; {moved_text}")
+            f"{100 * last:.1f}% at the last conv{over_run}; {moved_text}")

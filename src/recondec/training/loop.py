@@ -24,7 +24,7 @@ from recondec.models import AugmentedLoss, AugmentedNet
 from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
 from recondec.training.device import autocast, to_device
-from recondec.training.diagnostics import ObjectiveMonitor, check_alive
+from recondec.training.diagnostics import ObjectiveMonitor, check_alive, run_medians
 from recondec.training.distributed import DistEnv
 from recondec.training.evaluate import Evaluator, VisualBatch
 from recondec.training.reliability import NonFiniteGuard, PreemptionGuard, oom_hint
@@ -144,7 +144,10 @@ class Trainer:
             val, visual, is_best = self._validate_if_due()
             last.update(val)
             self._end_epoch(last, visual, is_best)
-        return last
+        medians = run_medians(self.state.history)
+        if medians:
+            self.tracker.log_metrics(medians, step=self.state.epoch)
+        return last | medians
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
