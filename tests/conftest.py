@@ -13,6 +13,12 @@ register_schema()
 
 VARIANTS = variant_names()
 
+
+def variant_params(*in_default_suite: str) -> list:
+    """Every variant as a test parameter; the ones not named run with the slow tests only (-m slow), so the default
+    suite stays a few minutes long and every variant is still covered by the full one."""
+    return [v if v in in_default_suite else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+
 # The one tiny job the tests start from and extend (compose_cfg(*TINY, ...)): a VGG-16 at 1/8 width on 96 digits,
 # one decoder and one joint epoch of 3 steps, validated on 48 held-out images, tested on 48; seconds on a CPU.
 # He-initialised decoders: from the reference init three steps leave a stacked decoder dead, which the live-decoder

@@ -89,7 +89,8 @@ def test_rules_above_the_schema_refuse_too(compose_cfg, key, value):
         validate(compose_cfg(f"{key}={value}"))
 
 
-@pytest.mark.parametrize("override", ["data.train_limit=-5", "trainer.log_every_n_steps=0"])
+@pytest.mark.parametrize("override", ["data.train_limit=-5",
+                                      pytest.param("trainer.log_every_n_steps=0", marks=pytest.mark.slow)])
 def test_a_refusal_is_one_line_an_exit_status_and_no_run(tmp_path, override):
     import os
     import subprocess

@@ -262,8 +262,10 @@ def test_image_folder_loaders_split_labelled_and_unlabelled_images_alike(tree):
     tv = split[Loader.torchvision][1]
     targets = tv.train.loader.dataset.dataset.targets  # ImageFolder's class per row
     assert sorted(targets[i] for i in split[Loader.torchvision][0]) == [0] * 4 + [1] * 4 + [2] * 4
-    x, y = next(iter(tv.unlabelled))
-    assert x.shape == (4, 3, SIZE, SIZE) and bool((y == -1).all())
+    for loaders in (tv, split[Loader.ffcv][1]):  # every builder's unlabelled stream hides its labels
+        x, y = next(iter(loaders.unlabelled))
+        assert x.shape == (4, 3, SIZE, SIZE) and bool((y == -1).all())
+    assert bool((next(iter(split[Loader.ffcv][1].train))[1] >= 0).all())
 
 
 @timeout

@@ -17,12 +17,12 @@ from recondec.models import build_model
 from recondec.job import JobInfo
 from recondec.run import run_job
 
-from ..conftest import TINY, VARIANTS
+from ..conftest import TINY, variant_params
 from ..helpers import artifact_paths, runs_of
 
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variant_params("baseline", "sae_layerwise", "swwae_all"))
 def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_path, variant):
     overrides = [f"variant={variant}", *TINY, "logger.experiment=tiny"]
     result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
@@ -73,6 +73,7 @@ def test_mlflow_tracking_uri_from_the_environment_is_where_runs_go(tmp_path, mon
     assert OmegaConf.to_container(cfg.logger, resolve=True)["tracking_uri"] == f"sqlite:///{REPO_ROOT}/mlflow.db"
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_epoch_in_the_same_run(compose_cfg, tmp_path):
     first = [*TINY, "variant=sae_all", "schedule.joint.epochs=1", "trainer.log_every_n_steps=1",
              "logger.experiment=resume"]

@@ -67,6 +67,7 @@ def _conv1_grad(compose_cfg, variant: str, loss: str) -> torch.Tensor:
     return model.encoder.features[0].weight.grad
 
 
+@pytest.mark.slow
 def test_converted_feature_weights_act_on_the_encoder_and_unconverted_ones_do_not(compose_cfg):
     """-all differs from -first only by the feature terms. With torchvision inputs the reference weights (set for
     Caffe's 0-255 activations) move conv1_1's gradient by ~0.003 %; converted (x3,321) by ~10 %."""

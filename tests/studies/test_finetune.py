@@ -52,6 +52,7 @@ def recorded(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, recorded):
     base = ["experiment=finetune_fmnist", f"classifier.cache_dir={tmp_path}/classifiers", "classifier.epochs=1",

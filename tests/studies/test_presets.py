@@ -40,6 +40,7 @@ def test_joint_fmnist_preset_runs(compose_cfg, tmp_path):
     assert mlflow.get_run(result.run_id).data.tags["variant"] == "swwae_layerwise"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose_cfg, tmp_path):
     # a classifier of two steps gives fc7 activations that barely vary over a batch: nothing a decoder could

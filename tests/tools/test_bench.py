@@ -66,6 +66,7 @@ def test_train_benchmark_prints_every_variant_with_its_flops_ratio(capsys):
     assert re.search(r"baseline first / last: [\d.]+ / [\d.]+ img/s", out)
 
 
+@pytest.mark.slow
 def test_profile_counts_vgg16_parameters_and_flops_at_224(capsys):
     bench.main(["profile", "--variants", "sae_all,swwae_all", "backbone=vgg16"])
     table = table_rows(capsys.readouterr().out)

@@ -1,10 +1,19 @@
 """The tracker writes to the store it is given, and nowhere else."""
 import mlflow
+import pytest
 
 from recondec.tracking.mlflow_logger import set_experiment
 
 
-def test_set_experiment_uses_the_given_store_not_one_in_the_working_directory(tmp_path, monkeypatch):
+@pytest.fixture
+def default_store_after():
+    """The fluent API points at MLflow's default store again after the test, which points it at a temporary one."""
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_set_experiment_uses_the_given_store_not_one_in_the_working_directory(tmp_path, monkeypatch,
+                                                                               default_store_after):
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -8,7 +8,7 @@ from recondec.checks import validate
 from recondec.job import build_trainer
 from recondec.training.device import autocast
 
-from ..conftest import TINY, VARIANTS
+from ..conftest import TINY, variant_params
 from .test_reliability import EXACT, assert_same_weights, run, weights
 
 STEPS = 2
@@ -52,7 +52,7 @@ def agreement(update: torch.Tensor, reference: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("option,tolerance", [("trainer.precision=bf16", 0.05), ("trainer.channels_last=true", 1e-4)],
                          ids=["bf16", "channels_last"])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variant_params("swwae_all"))
 def test_speed_option_trains_every_variant_as_fp32_does(compose_cfg, variant, option, tolerance):
     ref_losses, ref_update = fp32_steps(compose_cfg, variant)
     losses, update = first_steps(compose_cfg, variant, option)
@@ -63,10 +63,8 @@ def test_speed_option_trains_every_variant_as_fp32_does(compose_cfg, variant, op
     assert agreement(update, ref_update) > (0.9 if "bf16" in option else 0.9999)
 
 
-@pytest.mark.parametrize("variant", [
-    "swwae_layerwise",  # switch unpooling and every decoder: the one compiled in the default suite
-    *[pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS if v != "swwae_layerwise"],
-])
+# switch unpooling and every decoder: the one compiled in the default suite
+@pytest.mark.parametrize("variant", variant_params("swwae_layerwise"))
 @pytest.mark.timeout(600)
 def test_torch_compile_trains_every_variant_as_eager_does(compose_cfg, variant):
     from torch._dynamo.utils import counters
@@ -79,6 +77,7 @@ def test_torch_compile_trains_every_variant_as_eager_does(compose_cfg, variant):
     assert agreement(update, ref_update) > 0.9999
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_under_bf16_resumes_exactly(compose_cfg):
     overrides = [*EXACT, "trainer.precision=bf16", "trainer.checkpoint_every_n_steps=1", "logger.experiment=bf16"]
     first = run(compose_cfg, *overrides)

@@ -1,4 +1,5 @@
 """Layer-wise decoder pre-training: why the warm start exists, that it works, and the LR probe."""
+import pytest
 import torch
 
 from recondec.checks import validate
@@ -23,6 +24,7 @@ def stacked_image_grads(model, x, loss_fn):
             for j, conv in enumerate(block.convs)}
 
 
+@pytest.mark.slow
 def test_stacked_decoder_convs_get_gradients_only_after_layerwise_pretraining(compose_cfg):
     cfg = validate(compose_cfg(*TINY, *SGD, "variant=swwae_first", "schedule.pretrain.epochs=1",
                                "data.train_limit=640"))
@@ -48,6 +50,7 @@ def test_pretraining_is_a_stage_only_for_models_with_a_decoder(compose_cfg):
     assert [s.name for s in plan_stages(cfg.schedule, has_decoder=False)] == ["joint"]
 
 
+@pytest.mark.slow
 def test_given_block_lrs_are_used_and_the_others_probed(compose_cfg):
     cfg = validate(compose_cfg(*TINY, *SGD, "variant=sae_all", "+schedule.pretrain.lrs.pool5=0.123"))
     trainer = build_trainer(cfg, None)

@@ -118,6 +118,7 @@ def test_kill_9_mid_epoch_then_resume_auto_ends_exactly_as_an_uninterrupted_run(
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(compose_cfg, tmp_path, caplog):
     overrides = [*EXACT, "trainer.checkpoint_every_n_steps=1", "logger.experiment=trunc"]
     first = run(compose_cfg, *overrides)
@@ -148,7 +149,7 @@ def test_checkpoints_hold_everything_needed_to_continue(compose_cfg):
 
 
 # ---------------------------------------------------------------------------------------------- preemption
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)])
 def test_preemption_signal_checkpoints_at_the_step_boundary_and_resume_continues(compose_cfg, tmp_path,
                                                                                  monkeypatch, signum):
     overrides = [*TINY, "logger.experiment=preempt"]
@@ -174,6 +175,7 @@ def test_preemption_signal_checkpoints_at_the_step_boundary_and_resume_continues
     assert [s for s, _ in history(tmp_path / "mlflow.db", r.info.run_id, "val/top1")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_auto_finds_the_same_run_in_an_earlier_output_folder(compose_cfg, tmp_path, monkeypatch):
     overrides = [*TINY, "logger.experiment=elsewhere"]
     inject_at_training_step(monkeypatch, 2, lambda terms: os.kill(os.getpid(), signal.SIGTERM))

@@ -63,8 +63,9 @@ class GuardedLoader:
     `timeout_s` and fails at once when ffcv's worker thread has died with an exception.
     """
 
-    def __init__(self, loader, fname: str, timeout_s: float, poll_s: float = 0.2):
+    def __init__(self, loader, fname: str, timeout_s: float, poll_s: float = 0.2, labelled: bool = True):
         self.loader, self.fname, self.timeout_s, self.poll_s = loader, fname, timeout_s, poll_s
+        self.labelled = labelled  # False: labels read -1, as the other builders' unlabelled streams
         self.skip_batches = 0
         _install_thread_hook()
 
@@ -98,7 +99,8 @@ class GuardedLoader:
         try:
             while (batch := self._next_batch(relay, source)) is not None:
                 images, labels = batch
-                yield images.float(), labels.reshape(-1).long()
+                labels = labels.reshape(-1).long()
+                yield images.float(), labels if self.labelled else torch.full_like(labels, -1)
         finally:
             relay.stop()
             if isinstance(source, threading.Thread):  # ffcv's EpochIterator; else it would wait for __del__
@@ -286,13 +288,13 @@ def build_ffcv_loaders(data: DataConf, image_size: int, batch_size: int, seed: i
     timeout = data.ffcv.batch_timeout_s
 
     def train_loader(rows: np.ndarray, batch: int, order_seed: int, labelled: bool) -> GuardedLoader:
-        # an unlabelled stream is the same pipeline: its labels are never read
+        # an unlabelled stream is the same pipeline, its labels replaced by -1
         loader = Loader(paths["train"], order=_order(data, distributed), drop_last=True, indices=rows,
                         **{**common, "batch_size": batch, "seed": order_seed},
                         pipelines={"image": image_pipeline(train_decoder(size, train_crop), device, data.mean,
                                                            data.std, flip=True, channels_last=True),
                                    "label": label_pipeline(device)})
-        return GuardedLoader(loader, paths["train"], timeout)
+        return GuardedLoader(loader, paths["train"], timeout, labelled=labelled)
 
     def eval_loader(path: str, rows: np.ndarray, side: int, crop_ratio: float) -> GuardedLoader:
         """The centre square of crop_ratio x the shorter side, resized to side x side."""
