@@ -20,6 +20,7 @@ the random streams, which these measurements do not touch.
 from __future__ import annotations
 
 import logging
+import statistics
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -157,10 +158,9 @@ def run_medians(history: list[dict[str, float]]) -> dict[str, float]:
     """run_median/grad_share/recon/{first,last}_conv: the median over the validations that measured the share."""
     medians = {}
     for key in ("grad_share/recon/first_conv", "grad_share/recon/last_conv"):
-        values = sorted(entry[key] for entry in history if key in entry)
+        values = [entry[key] for entry in history if key in entry]
         if values:
-            mid = len(values) // 2
-            medians[RUN_MEDIAN + key] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+            medians[RUN_MEDIAN + key] = statistics.median(values)
     return medians
 
 
