@@ -7,11 +7,24 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from recondec.config import CONF_DIR, register_schema, variant_names
+from recondec.config import CONF_DIR, REPO_ROOT, register_schema, variant_names
 
 register_schema()
 
 VARIANTS = variant_names()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def nothing_written_into_the_repository():
+    """The suite writes under tmp_path only: a job or script started without its output folder pointed there
+    leaves a multirun/<date>/ folder (or an MLflow store) in the user's checkout."""
+    def entries():
+        return {p.name for p in (REPO_ROOT / "multirun").glob("*")} | {p.name for p in REPO_ROOT.glob("mlruns")}
+
+    before = entries()
+    yield
+    leaked = sorted(entries() - before)
+    assert not leaked, f"the tests wrote into the repository: {leaked} (point hydra.run.dir / output_dir at tmp_path)"
 
 
 def variant_params(*in_default_suite: str) -> list:

@@ -122,7 +122,7 @@ def test_prepare_checks_every_split_before_writing_anything(tmp_path):
         (tmp_path / "tree" / "train" / name).mkdir(parents=True)
     out = tmp_path / "beton"
     cmd = [sys.executable, "src/prepare.py", "data=folder", f"data.root={tmp_path / 'tree'}",
-           f"data.ffcv.beton_dir={out}"]
+           f"data.ffcv.beton_dir={out}", f"hydra.run.dir={tmp_path / 'run'}"]  # not multirun/ in the repo
     run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "val is not a folder" in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()  # train.beton was not written first
