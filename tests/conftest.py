@@ -17,13 +17,14 @@ VARIANTS = variant_names()
 @pytest.fixture(autouse=True, scope="session")
 def nothing_written_into_the_repository():
     """The suite writes under tmp_path only: a job or script started without its output folder pointed there
-    leaves a multirun/<date>/ folder (or an MLflow store) in the user's checkout."""
-    def entries():
-        return {p.name for p in (REPO_ROOT / "multirun").glob("*")} | {p.name for p in REPO_ROOT.glob("mlruns")}
+    leaves a multirun/<date>/ folder (or mlflow.db) in the user's checkout."""
+    def entries():  # the default output folders and MLflow stores (conf/hydra/default.yaml, conf/logger/mlflow.yaml)
+        return {p.relative_to(REPO_ROOT) for p in [*REPO_ROOT.glob("multirun/*"), *REPO_ROOT.glob("mlflow.db"),
+                                                    *REPO_ROOT.glob("mlruns")]}
 
     before = entries()
     yield
-    leaked = sorted(entries() - before)
+    leaked = sorted(map(str, entries() - before))
     assert not leaked, f"the tests wrote into the repository: {leaked} (point hydra.run.dir / output_dir at tmp_path)"
 
 
