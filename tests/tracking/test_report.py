@@ -181,6 +181,12 @@ def test_the_results_page_is_generated_from_the_reports_and_links_what_exists(st
     assert "## What the suite says about the claim" in text and "## lowlabel_fmnist" in text
     assert "Better than its reference after Holm's correction: swwae_all in lowlabel_fmnist" in text
     assert "| lowlabel_fmnist | sae_first | " in text
+    # what each grid could have missed, and what no Fashion-MNIST grid says about ImageNet
+    comparisons = json.loads((reports / "lowlabel_fmnist" / "comparisons.json").read_text())["comparisons"]
+    mdes = [c["mde"] for c in comparisons if c["against"] == "baseline"]
+    assert (f"- lowlabel_fmnist (10 per class, from scratch): its rows' MDE against the baseline (80 % power) runs "
+            f"from {min(mdes):.2f} to {max(mdes):.2f} points of top-1") in text
+    assert "They do not say what the paper's claim" in text
     assert (reports / "label_budgets.png").stat().st_size > 1000
     import re
 
