@@ -236,6 +236,8 @@ class LossConf(Checked):
     # weight per level, in the chosen form; levels a variant does not use are ignored
     weights: dict[str, float] = weight(factory=dict)
     default_weight: Optional[float] = weight(None, null="feature levels without a weight are an error")
+    # multiplies every reconstruction weight above: one knob for a dose-response sweep (loss.scale=0.1,1,10,100)
+    scale: float = weight(1.0)
 
 
 @dataclass
@@ -456,6 +458,21 @@ class ReconStudyConf(Checked):
 
 
 @dataclass
+class ReportConf(Checked):
+    """What the report of this experiment will compare, written in the preset before its grid runs (a
+    pre-registration), and recorded with every run (tag ``preregistered``). Each entry is one question: a Holm family
+    of comparisons, each "<row>" (against the baseline) or "<row> vs <reference row>". Rows no family names are
+    exploratory: reported in a table of their own, corrected among themselves."""
+    preregistered: dict[str, list[str]] = field(default_factory=dict)
+
+    def check(self, at: str) -> None:
+        for family, rows in self.preregistered.items():
+            _require(bool(rows) and all(re.fullmatch(r"[\w+.-]+( vs [\w+.-]+)?", r) for r in rows),
+                     f"{at}.preregistered.{family}", 'a non-empty list of "<row>" or "<row> vs <reference row>"',
+                     rows)
+
+
+@dataclass
 class Config:
     backbone: BackboneConf = field(default_factory=BackboneConf)
     variant: VariantConf = field(default_factory=VariantConf)
@@ -469,6 +486,7 @@ class Config:
     study: Study = Study.train
     recon: ReconStudyConf = field(default_factory=ReconStudyConf)
     classifier: ClassifierConf = field(default_factory=ClassifierConf)
+    report: ReportConf = field(default_factory=ReportConf)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ rerunning a crashed command with ``resume=auto`` added just works.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -114,6 +115,10 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
             **cfg.logger.tags}
     if cfg.schedule.unlabelled_batch_size and cfg.variant.topology != "none":
         tags["row"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
+    if cfg.report.preregistered:  # the comparisons the report makes, fixed before the run: the preset's
+        tags["preregistered"] = json.dumps(cfg.report.preregistered, sort_keys=True)
+    if cfg.loss.scale != 1.0:
+        tags["loss_scale"] = f"{cfg.loss.scale:g}"  # a dose-response curve's x
     if info.parent_run_id:
         tags["mlflow.parentRunId"] = info.parent_run_id  # how MLflow's UI nests runs
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),

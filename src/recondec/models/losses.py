@@ -41,7 +41,7 @@ def resolve_weights(levels: list[str], loss: LossConf) -> dict[str, float]:
         if w is None:
             raise ConfigError(f"loss.weights.{level} is missing: the variant reconstructs {levels}; give a weight "
                               f"for each (or loss.default_weight for feature levels)")
-        weights[level] = float(w)
+        weights[level] = float(w) * loss.scale
     return weights
 
 
