@@ -464,6 +464,8 @@ class ReportConf(Checked):
     of comparisons, each "<row>" (against the baseline) or "<row> vs <reference row>". Rows no family names are
     exploratory: reported in a table of their own, corrected among themselves."""
     preregistered: dict[str, list[str]] = field(default_factory=dict)
+    # the baseline's top-1 (%) that a competent recipe reaches here (published numbers): printed beside the baseline
+    baseline_target: Optional[float] = ranged(None, low=0, high=100, null="none stated")
 
     def check(self, at: str) -> None:
         for family, rows in self.preregistered.items():

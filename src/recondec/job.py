@@ -117,6 +117,8 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
         tags["row"] = f"{cfg.variant.name}+unlabelled"  # the report's row: the variant trained on unlabelled images too
     if cfg.report.preregistered:  # the comparisons the report makes, fixed before the run: the preset's
         tags["preregistered"] = json.dumps(cfg.report.preregistered, sort_keys=True)
+    if cfg.report.baseline_target is not None:
+        tags["baseline_target"] = f"{cfg.report.baseline_target:g}"
     if cfg.loss.scale != 1.0:
         tags["loss_scale"] = f"{cfg.loss.scale:g}"  # a dose-response curve's x
     if info.parent_run_id:
