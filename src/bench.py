@@ -31,12 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package lives next to this file
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode, variant_names  # noqa: E402
+from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode, variant_names
 
 
 # ---------------------------------------------------------------- synthetic photo-like JPEGs
@@ -177,16 +175,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="also time the step with torch.compile off and on, side by side")
 
 
-def compose_variants(args: argparse.Namespace, output_dir: str) -> dict:
-    """variant -> composed config (the baseline first), with the user's overrides."""
+def variant_configs(args: argparse.Namespace, output_dir: str) -> dict:
+    """variant -> validated config (the baseline first), with the user's overrides."""
     from hydra import compose, initialize_config_dir
 
+    from recondec.checks import validate
     from recondec.config import CONF_DIR, register_schema
 
     register_schema()
     names = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return {v: compose("config", overrides=[*args.overrides, f"variant={v}", f"output_dir={output_dir}"])
+        return {v: validate(compose("config", overrides=[*args.overrides, f"variant={v}", f"output_dir={output_dir}"]))
                 for v in names}
 
 
@@ -195,7 +194,7 @@ def run_train(args: argparse.Namespace) -> None:
     from recondec.training.device import resolve_device
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfgs = compose_variants(args, tmp)
+        cfgs = variant_configs(args, tmp)
         first = next(iter(cfgs.values()))
         print(f"training step: backbone={first.backbone.name} at {first.backbone.image_size} px, batch "
               f"{first.schedule.batch_size}, {first.trainer.precision}, {resolve_device(first.trainer.device)}, "
@@ -217,10 +216,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> None:
-    from recondec.checks import validate
     from recondec.tools.profile import profile_table
 
-    cfgs = {name: validate(cfg) for name, cfg in compose_variants(args, tempfile.gettempdir()).items()}
+    cfgs = variant_configs(args, tempfile.gettempdir())
     first = next(iter(cfgs.values()))
     rows = profile_table(first.backbone, {n: c.variant for n, c in cfgs.items()}, first.data.num_classes)
     print(f"backbone={first.backbone.name} at {first.backbone.image_size} px, {first.data.num_classes} classes; "

@@ -4,25 +4,23 @@
     python src/main.py -m variant=sae_all,swwae          # a grid; compare with `mlflow ui`
 """
 import gc
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package lives next to this file
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from recondec.config import refusing_bad_values, register_schema  # noqa: E402
+from recondec.config import refusing_bad_values, register_schema
 
 register_schema()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(composed: DictConfig) -> float:
     # imported here, not above: `--help`, `--cfg job` and `--info` need no torch, mlflow or matplotlib
-    from recondec.job import JobInfo
+    from recondec.checks import validate
+    from recondec.job import JobInfo, JobResult
     from recondec.run import run_job
     from recondec.tracking.sweep import parent_run_id
 
@@ -31,13 +29,9 @@ def main(cfg: DictConfig) -> float:
     info = JobInfo(overrides=list(hc.overrides.task), sweep_dir=sweep_dir, parent_run_id=parent_run_id(sweep_dir),
                    hydra_dir=Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None)
     with refusing_bad_values(multirun=sweep_dir is not None):  # a bad value: its message, not a traceback
-        if cfg.study == "recon":
-            from recondec.studies.recon import run_recon_study
-
-            run_recon_study(cfg, info)
-            return float("nan")
-        result = run_job(cfg, info)
-    return result.metrics.get("val/top1", float("nan"))  # what a Hydra sweeper would optimise (validation)
+        result = run_job(validate(composed), info)  # the Hydra config stops here: below, the typed one only
+    # what a Hydra sweeper would optimise (validation); a study of several jobs has no single number
+    return result.metrics.get("val/top1", float("nan")) if isinstance(result, JobResult) else float("nan")
 
 
 if __name__ == "__main__":

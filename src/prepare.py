@@ -10,25 +10,20 @@ compress_probability, num_workers, strict (stop at the first bad image), beton_d
 data/beton/<data.name>). Bad images are skipped and listed in <beton>.report.tsv; an up-to-date file is
 skipped; a failure or Ctrl-C leaves no half-written file.
 """
-import sys
-from pathlib import Path
+import hydra
+from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recondec package lives next to this file
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from recondec.checks import validate  # noqa: E402
-from recondec.config import refusing_bad_values, register_schema  # noqa: E402
-from recondec.data.beton import write_dataset  # noqa: E402
+from recondec.checks import validate
+from recondec.config import refusing_bad_values, register_schema
+from recondec.data.beton import write_dataset
 
 register_schema()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(composed: DictConfig) -> None:
     with refusing_bad_values():
-        data = validate(cfg).data
+        data = validate(composed).data
         results = write_dataset(data)  # every split is listed and checked before the first file is written
     for result in results.values():
         print(result.summary())

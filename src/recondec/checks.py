@@ -1,39 +1,65 @@
 """Validation of a composed config: the schema's own checks (config.check_schema), then those that need the
 layers above it: the backbone registry, the weights, the data on disk. Every bad value fails here, before any work.
+
+The Hydra config stops here: ``validate`` turns it into the typed ``Config`` that everything below takes, and
+``derive`` makes a sub-job's config (the cached classifier, the reconstruction study's decoders) from a typed one,
+checked again. ``as_dict`` / ``as_yaml`` are what a run records: the values it used, normalisation filled in.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from recondec.config import IMAGENET_MEAN, IMAGENET_STD, BackboneConf, Config, ConfigError, DataConf, _require, \
     check_schema, dataset_kind
 
 
-def validate(cfg: DictConfig) -> Config:
+def validate(composed: DictConfig) -> Config:
     """The typed config, every check passed, data.mean / data.std filled in."""
-    conf = check_schema(cfg)
-    check_backbone(conf.backbone)
-    check_data(conf.data)
-    check_split(conf)
-    fill_normalisation(conf)
-    return conf
+    cfg = check_schema(composed)
+    check_backbone(cfg.backbone)
+    check_data(cfg.data)
+    check_split(cfg)
+    fill_normalisation(cfg)
+    return cfg
 
 
-def check_split(conf: Config) -> None:
+def derive(cfg: Config, changes: dict[str, Any]) -> Config:
+    """A sub-job's config: `cfg` with `changes` (dotted keys; a dict value merges into that group, typed by the
+    schema), validated again. `cfg` itself is left as it is."""
+    node = OmegaConf.structured(cfg)
+    for key, value in changes.items():
+        OmegaConf.update(node, key, value, merge=isinstance(value, dict))
+    return validate(node)
+
+
+def as_dict(cfg: Config) -> dict:
+    """The config as plain values (enums as their names): MLflow's params."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+
+
+def as_yaml(cfg: Config) -> str:
+    """The config as YAML: a run's config_resolved.yaml, which `python src/main.py --config-path` style tools and
+    readers take as what the run used."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def check_split(cfg: Config) -> None:
     """A built-in set's held-out and labelled images can be drawn (data.val_size, data.labels_per_class against its
     class sizes): read from its labels alone, before any work."""
-    if not dataset_kind(conf.data.name).builtin:
+    if not dataset_kind(cfg.data.name).builtin:
         return  # an image folder's classes are counted when its loader lists it
     from recondec.data.builtin import training_labels
     from recondec.data.splits import split_training_set
 
     try:
-        labels = training_labels(conf.data.name, conf.data.root, conf.data.test_fraction)
+        labels = training_labels(cfg.data.name, cfg.data.root, cfg.data.test_fraction)
     except FileNotFoundError as e:
-        raise ConfigError(f"data.root={conf.data.root!r} is invalid: {e}") from None
-    split_training_set(labels, conf.data, conf.trainer.seed, holdout=True)
+        raise ConfigError(f"data.root={cfg.data.root!r} is invalid: {e}") from None
+    split_training_set(labels, cfg.data, cfg.trainer.seed, holdout=True)
 
 
 def check_backbone(backbone: BackboneConf) -> None:
@@ -72,19 +98,19 @@ def _count_classes(train: Path, given) -> int:
     return found
 
 
-def fill_normalisation(conf: Config) -> None:
+def fill_normalisation(cfg: Config) -> None:
     """data.mean / data.std left null: those of the torchvision weights named by backbone.pretrained (their
     transforms' metadata), else ImageNet's. (Their resize / crop sizes, 256 / 224 for every weights of the
     torchvision backbones here, are the loaders' fixed 256/224 ratio and backbone.image_size.)"""
-    if conf.data.mean is not None and conf.data.std is not None:
+    if cfg.data.mean is not None and cfg.data.std is not None:
         return
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if conf.backbone.pretrained:
+    if cfg.backbone.pretrained:
         from recondec.models.backbones import torchvision_weights
 
-        weights = torchvision_weights(conf.backbone.name, conf.backbone.pretrained)
+        weights = torchvision_weights(cfg.backbone.name, cfg.backbone.pretrained)
         if weights is not None:
             transforms = weights.transforms()
             mean, std = list(transforms.mean), list(transforms.std)
-    conf.data.mean = conf.data.mean if conf.data.mean is not None else mean
-    conf.data.std = conf.data.std if conf.data.std is not None else std
+    cfg.data.mean = cfg.data.mean if cfg.data.mean is not None else mean
+    cfg.data.std = cfg.data.std if cfg.data.std is not None else std

@@ -565,25 +565,25 @@ def _walk(node: Any, at: str = "") -> None:
         node.check(at)
 
 
-def check_schema(cfg: DictConfig) -> Config:
+def check_schema(composed: DictConfig) -> Config:
     """Every range of the schema and every group's rules, then the rules across groups; returns the typed config
     object. checks.validate adds what needs the layers above (the registry, files, weights, the data's labels)."""
-    obj = OmegaConf.to_object(cfg)
-    _walk(obj)
-    _require(obj.study != Study.recon or obj.classifier.epochs or obj.backbone.pretrained, "classifier.epochs",
+    cfg = OmegaConf.to_object(composed)
+    _walk(cfg)
+    _require(cfg.study != Study.recon or cfg.classifier.epochs or cfg.backbone.pretrained, "classifier.epochs",
              "> 0 for study=recon without backbone.pretrained (the study needs a trained classifier)",
-             obj.classifier.epochs)
-    if obj.schedule.unlabelled_batch_size:
-        _require(obj.data.labels_per_class is not None, "schedule.unlabelled_batch_size",
+             cfg.classifier.epochs)
+    if cfg.schedule.unlabelled_batch_size:
+        _require(cfg.data.labels_per_class is not None, "schedule.unlabelled_batch_size",
                  "0 unless data.labels_per_class leaves unlabelled images (set data.labels_per_class=K)",
-                 obj.schedule.unlabelled_batch_size)
-        _require(obj.schedule.unlabelled_batch_size % obj.trainer.devices == 0, "schedule.unlabelled_batch_size",
-                 f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)",
-                 obj.schedule.unlabelled_batch_size)
-    per_rank, rest = divmod(obj.schedule.batch_size, obj.trainer.devices)
+                 cfg.schedule.unlabelled_batch_size)
+        _require(cfg.schedule.unlabelled_batch_size % cfg.trainer.devices == 0, "schedule.unlabelled_batch_size",
+                 f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)",
+                 cfg.schedule.unlabelled_batch_size)
+    per_rank, rest = divmod(cfg.schedule.batch_size, cfg.trainer.devices)
     _require(rest == 0 and per_rank > 0, "schedule.batch_size",
-             f"a multiple of trainer.devices={obj.trainer.devices} (it is the global batch)", obj.schedule.batch_size)
-    return obj
+             f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)", cfg.schedule.batch_size)
+    return cfg
 
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -1,6 +1,6 @@
-"""One job, from a validated config to a tracked result: launch its ranks, build, train, log.
+"""One job, from a validated config to a tracked result: launch its ranks, build, train or evaluate, log.
 
-``recondec.run.run_job`` validates a composed config, fetches the classifier it starts from, and calls ``launch``.
+``recondec.run`` picks the study's function, which calls ``launch`` with what the job does (``TRAIN``, ``EVALUATE``).
 
 Only config errors come before the MLflow run exists; anything that fails later (a bad pretrained file,
 a NaN, out of memory) leaves a FAILED run with its traceback, and in a multirun the other jobs go on.
@@ -18,12 +18,11 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-
+from recondec.checks import as_dict, as_yaml
 from recondec.config import Config
 from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
@@ -178,51 +177,56 @@ def build_trainer(cfg: Config, tracker: Optional[Tracker], env: DistEnv = DistEn
     return Trainer(cfg, model, loss_fn, loaders, device, tracker, env)
 
 
-def launch(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: Optional[DistEnv] = None) -> JobResult:
-    """Run a validated job (`cfg` is `dict_cfg` validated) on this process or, with trainer.devices > 1 and no
-    launcher's ranks, on that many spawned ranks. Rank 0's result is returned."""
+@dataclass(frozen=True)
+class Work:
+    """What a job does with its trainer (the study decides; recondec.run): train it, or evaluate a reloaded model."""
+    run: Callable[[Trainer], dict[str, float]]
+    dataset_context: str     # MLflow's dataset context: "training" or "evaluation"
+    continues_run: bool      # a resumed job logs into its checkpoint's MLflow run (an evaluation is a run of its own)
+    logs_model: bool         # the final model becomes the run's MLflow model
+
+
+def launch(cfg: Config, info: JobInfo, work: Work, env: Optional[DistEnv] = None) -> JobResult:
+    """Run a validated job on this process or, with trainer.devices > 1 and no launcher's ranks, on that many spawned
+    ranks. Rank 0's result is returned."""
     env = env or distributed.env_from_launcher()  # torchrun / SLURM tasks are ranks already
     if cfg.trainer.devices > 1 and not env.enabled:
-        # resolved here: ${hydra:...} cannot be resolved in the spawned processes; the typed config travels as is
-        resolved = OmegaConf.to_container(dict_cfg, resolve=True)
-        return JobResult(**distributed.spawn(_spawned_rank, cfg.trainer.devices, resolved, cfg, info))
-    return run_rank(dict_cfg, cfg, info, env)
+        return JobResult(**distributed.spawn(_spawned_rank, cfg.trainer.devices, cfg, info, work))
+    return run_rank(cfg, info, work, env)
 
 
-def _spawned_rank(rank: int, world_size: int, resolved: dict, cfg: Config, info: JobInfo) -> dict:
+def _spawned_rank(rank: int, world_size: int, cfg: Config, info: JobInfo, work: Work) -> dict:
     """One of trainer.devices processes (distributed.spawn hands rank 0's return value back to the job)."""
-    result = run_rank(OmegaConf.create(resolved), cfg, info, DistEnv(rank, rank, world_size))
-    return vars(result)
+    return vars(run_rank(cfg, info, work, DistEnv(rank, rank, world_size)))
 
 
-def run_rank(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
+def run_rank(cfg: Config, info: JobInfo, work: Work, env: DistEnv) -> JobResult:
     """This process's part of the job (all of it without DDP); the process group is closed however it ends."""
     try:
-        return train_and_track(dict_cfg, cfg, info, env)
+        return track(cfg, info, work, env)
     finally:
         distributed.shutdown()
 
 
-def train_and_track(dict_cfg: DictConfig, cfg: Config, info: JobInfo, env: DistEnv) -> JobResult:
-    """The MLflow run (reached first), the trainer, training or evaluation, the final model, the outcome."""
+def track(cfg: Config, info: JobInfo, work: Work, env: DistEnv) -> JobResult:
+    """The MLflow run (reached first), the trainer, its work, the final model, the outcome."""
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state = find_resume_state(cfg, info)
-    # training continues the checkpoint's MLflow run; an evaluation is a run of its own
-    continued_run = state.get("mlflow_run_id") if state and cfg.study != "eval" else None
+    continued_run = state.get("mlflow_run_id") if state and work.continues_run else None
     # the store is reached before any training: a bad one fails early, and every later failure is recorded
     tracker = build_tracker(cfg, info, continued_run) if env.is_main else Tracker()  # other ranks log nothing
     try:
         if continued_run is None:
-            tracker.log_params(OmegaConf.to_container(dict_cfg, resolve=True, enum_to_str=True))
-            tracker.log_dataset(cfg.data.name, cfg.data.root, "evaluation" if cfg.study == "eval" else "training")
-        _log_config_files(tracker, dict_cfg, info, output_dir)
+            tracker.log_params(as_dict(cfg))  # the typed config: what the run used, normalisation filled in
+            tracker.log_dataset(cfg.data.name, cfg.data.root, work.dataset_context)
+        _log_config_files(tracker, cfg, info, output_dir)
         trainer = build_trainer(cfg, tracker, env)
         if state is not None:
             trainer.load_checkpoint(state)  # last before training: it restores the RNG streams
-        metrics = trainer.fit() if cfg.study != "eval" else evaluate_only(trainer)
+        metrics = work.run(trainer)
         last = ckpt.checkpoint_dir(output_dir) / "last.pt"
-        if cfg.logger.log_checkpoint and cfg.study != "eval" and env.is_main:
+        if cfg.logger.log_checkpoint and work.logs_model and env.is_main:
             log_final_model(tracker, trainer)  # the checkpoint itself (with its optimiser state) stays in output_dir
         tracker.finish()
     except Preempted as e:
@@ -253,6 +257,10 @@ def log_final_model(tracker, trainer: Trainer, examples: int = 2) -> None:
     tracker.log_model(model, x[:examples].float().cpu().contiguous().numpy())
 
 
+def fit(trainer: Trainer) -> dict[str, float]:
+    return trainer.fit()
+
+
 def evaluate_only(trainer: Trainer) -> dict[str, float]:
     """study=eval: the reloaded model on the validation set, the test set (trainer.test) and 10 crops
     (trainer.ten_crop)."""
@@ -262,9 +270,13 @@ def evaluate_only(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
-def _log_config_files(tracker, dict_cfg: DictConfig, info: JobInfo, output_dir: Path) -> None:
+TRAIN = Work(fit, "training", continues_run=True, logs_model=True)
+EVALUATE = Work(evaluate_only, "evaluation", continues_run=False, logs_model=False)
+
+
+def _log_config_files(tracker, cfg: Config, info: JobInfo, output_dir: Path) -> None:
     resolved = output_dir / "config_resolved.yaml"
-    resolved.write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    resolved.write_text(as_yaml(cfg))
     tracker.log_artifact(resolved, "config")
     (output_dir / "overrides.txt").write_text("\n".join(info.overrides) + "\n")
     tracker.log_artifact(output_dir / "overrides.txt", "config")

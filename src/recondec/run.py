@@ -1,22 +1,37 @@
-"""A Hydra job as the entry points see it: validate once, fetch (or train) the classifier it starts from, run it.
+"""A validated job, dispatched by its study: one function per study, chosen here and nowhere else.
 
-``src/main.py`` calls ``run_job`` (or ``run_study`` for study=recon) with the config Hydra composed; tests call them
-directly. The layers below: ``studies/`` (the classifier cache, the reconstruction study) -> ``job.py`` (one job) ->
+``src/main.py`` validates the config Hydra composed (``checks.validate``) and calls ``run_job``; tests do the same.
+The layers below: ``studies/`` (the classifier cache, the reconstruction study) -> ``job.py`` (one job) ->
 ``training/`` and ``tracking/`` -> ``models/`` and ``data/`` -> ``config.py``.
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import Callable, Union
 
-from recondec.checks import validate
-from recondec.job import JobInfo, JobResult, launch
+from recondec.config import Config, Study
+from recondec.job import EVALUATE, TRAIN, JobInfo, JobResult, launch
 from recondec.studies.classifier import with_classifier
+from recondec.studies.recon import run_recon_study
+
+ReconResults = dict[str, dict[str, float]]
 
 
-def run_job(dict_cfg: DictConfig, info: JobInfo) -> JobResult:
-    """Every bad value fails in `validate`, before any work; a job whose schedule fine-tunes a classifier
-    (classifier.epochs > 0) starts from the cached one, trained first when it is missing."""
-    cfg = validate(dict_cfg)
-    if cfg.classifier.epochs and cfg.study == "train":
-        dict_cfg = with_classifier(dict_cfg, cfg, info.overrides)
-    return launch(dict_cfg, cfg, info)
+def run_training(cfg: Config, info: JobInfo) -> JobResult:
+    """Train one job; one that fine-tunes a classifier (classifier.epochs > 0) starts from the cached one, trained
+    first when it is missing."""
+    if cfg.classifier.epochs:
+        cfg = with_classifier(cfg, info.overrides)
+    return launch(cfg, info, TRAIN)
+
+
+def run_evaluation(cfg: Config, info: JobInfo) -> JobResult:
+    """Reload resume=<checkpoint> and evaluate it, as a run of its own."""
+    return launch(cfg, info, EVALUATE)
+
+
+STUDIES: dict[Study, Callable[[Config, JobInfo], Union[JobResult, ReconResults]]] = {
+    Study.train: run_training, Study.eval: run_evaluation, Study.recon: run_recon_study}
+
+
+def run_job(cfg: Config, info: JobInfo) -> Union[JobResult, ReconResults]:
+    return STUDIES[cfg.study](cfg, info)

@@ -161,7 +161,7 @@ def test_every_torchvision_weights_resizes_to_256_and_crops_224_as_the_loaders_d
 def test_the_schema_checks_need_no_layer_above_config():
     """config.py is the ground floor: composing and checking a config imports neither torch nor the models or
     data layers (the registry and file checks are checks.py's)."""
-    code = ("import sys; sys.path.insert(0, 'src'); from hydra import compose, initialize_config_dir; "
+    code = ("import sys; from hydra import compose, initialize_config_dir; "
             "from recondec.config import CONF_DIR, check_schema, register_schema; register_schema(); "
             "ctx = initialize_config_dir(str(CONF_DIR), version_base='1.3'); ctx.__enter__(); "
             "cfg = check_schema(compose('config', overrides=['output_dir=/tmp/x'])); "

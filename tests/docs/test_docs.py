@@ -14,6 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from recondec.config import CONF_DIR, REPO_ROOT
 
+from ..helpers import load_script
+
 PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
 
@@ -60,10 +62,7 @@ def test_every_main_command_composes(page, command, tmp_path):
 
 @pytest.mark.parametrize("page, command", REPORT, ids=[f"{p}:{c[20:60]}" for p, c in REPORT])
 def test_every_report_command_parses(page, command):
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-    from report import build_parser
-
-    args = build_parser().parse_args(shlex.split(command)[2:])
+    args = load_script("report").build_parser().parse_args(shlex.split(command)[2:])
     assert args.experiment or args.docs
 
 

@@ -8,6 +8,7 @@ import mlflow
 import mlflow.pytorch
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -25,7 +26,7 @@ from ..helpers import artifact_paths, runs_of
 @pytest.mark.parametrize("variant", variant_params("baseline", "sae_layerwise", "swwae_all"))
 def test_one_epoch_run_of_each_variant_writes_an_mlflow_run(compose_cfg, tmp_path, variant):
     overrides = [f"variant={variant}", *TINY, "logger.experiment=tiny"]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     (run,) = runs_of(tmp_path / "mlflow.db", "tiny")
     assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert run.data.tags["mlflow.runName"] == ",".join(o for o in overrides if not o.startswith("logger."))
@@ -67,7 +68,7 @@ def test_mlflow_tracking_uri_from_the_environment_is_where_runs_go(tmp_path, mon
         cfg = compose("config", overrides=[f"output_dir={tmp_path}", *overrides])
         explicit = compose("config", overrides=[f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
     assert cfg.logger.tracking_uri == f"sqlite:///{db}" and explicit.logger.tracking_uri.endswith("/mlflow.db")
-    result = run_job(cfg, JobInfo(overrides=overrides))
+    result = run_job(validate(cfg), JobInfo(overrides=overrides))
     assert [r.info.run_id for r in runs_of(db, "env")] == [result.run_id]
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert OmegaConf.to_container(cfg.logger, resolve=True)["tracking_uri"] == f"sqlite:///{REPO_ROOT}/mlflow.db"
@@ -77,12 +78,12 @@ def test_mlflow_tracking_uri_from_the_environment_is_where_runs_go(tmp_path, mon
 def test_resume_continues_at_the_right_epoch_in_the_same_run(compose_cfg, tmp_path):
     first = [*TINY, "variant=sae_all", "schedule.joint.epochs=1", "trainer.log_every_n_steps=1",
              "logger.experiment=resume"]
-    r1 = run_job(compose_cfg(*first), JobInfo(overrides=first))
+    r1 = run_job(validate(compose_cfg(*first)), JobInfo(overrides=first))
     state = torch.load(r1.checkpoint, weights_only=False)
     assert state["epoch"] == 2 and state["stage"] == "joint"
     more = [*TINY, "variant=sae_all", "schedule.joint.epochs=3", "trainer.log_every_n_steps=1", "resume=auto",
             "logger.experiment=resume"]
-    r2 = run_job(compose_cfg(*more), JobInfo(overrides=more))
+    r2 = run_job(validate(compose_cfg(*more)), JobInfo(overrides=more))
     assert r2.run_id == r1.run_id  # the same MLflow run continues
     final = torch.load(r2.checkpoint, weights_only=False)
     assert final["epoch"] == 4
@@ -95,9 +96,9 @@ def test_resume_continues_at_the_right_epoch_in_the_same_run(compose_cfg, tmp_pa
 
 def test_eval_study_reloads_the_final_model(compose_cfg, tmp_path):
     train = [*TINY, "variant=swwae_all", "logger.experiment=eval"]
-    r1 = run_job(compose_cfg(*train), JobInfo(overrides=train))
+    r1 = run_job(validate(compose_cfg(*train)), JobInfo(overrides=train))
     ev = [*TINY, "variant=swwae_all", "study=eval", f"resume={r1.checkpoint}", "logger.experiment=eval"]
-    r2 = run_job(compose_cfg(*ev), JobInfo(overrides=ev))
+    r2 = run_job(validate(compose_cfg(*ev)), JobInfo(overrides=ev))
     assert r2.metrics["val/top1"] == pytest.approx(r1.metrics["val/top1"])
     assert r2.metrics["val/psnr/image"] == pytest.approx(r1.metrics["val/psnr/image"], rel=1e-5)
     # the training run's MLflow model: the checkpoint's weights, images in, logits out
@@ -156,7 +157,7 @@ def test_validation_selects_and_the_test_set_is_read_once_at_the_end(compose_cfg
     monkeypatch.setattr(Evaluator, "evaluate", recording)
     monkeypatch.setattr(Trainer, "_end_epoch", ending)
     overrides = [*TINY, "variant=sae_first", "schedule.joint.epochs=3", "logger.experiment=split"]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     # validation after every epoch, the test set once, after the last
     assert reads == [*[r for e in (1, 2, 3) for r in ("validate", f"end of epoch {e}")], "validate", "test",
                      "end of epoch 4"]
@@ -168,3 +169,35 @@ def test_validation_selects_and_the_test_set_is_read_once_at_the_end(compose_cfg
     best = torch.load(result.checkpoint.parent / "best.pt", weights_only=False)
     assert best["epoch"] == 1 + val.index(max(val)) and best["best_top1"] == max(val)
     assert result.metrics["test/top1"] == client.get_metric_history(result.run_id, "test/top1")[0].value
+
+
+def test_a_run_records_the_normalisation_it_used_not_the_null_it_was_given(compose_cfg, tmp_path):
+    """data.mean / data.std left null on an image folder are filled in by the checks (ImageNet's here); MLflow's params
+    and config_resolved.yaml are written from the typed config the job ran with, so they hold those values."""
+    from recondec.config import IMAGENET_MEAN, IMAGENET_STD
+
+    from ..data.conftest import good_tree
+
+    root = good_tree(tmp_path / "tree", per_class=(8, 4))
+    overrides = ["data=folder", f"data.root={root}", "data.loader=torchvision", "data.num_workers=0",
+                 "backbone.image_size=32", *TINY, "schedule.batch_size=8", "schedule.decoder.epochs=0",
+                 "logger.experiment=folder"]
+    composed = compose_cfg(*overrides)
+    assert composed.data.mean is None and composed.data.std is None
+    run_job(validate(composed), JobInfo(overrides=overrides))
+    (run,) = runs_of(tmp_path / "mlflow.db", "folder")
+    assert yaml.safe_load(run.data.params["data.mean"]) == IMAGENET_MEAN
+    assert yaml.safe_load(run.data.params["data.std"]) == IMAGENET_STD
+    assert run.data.params["data.num_classes"] == "3"  # counted from the class folders, not null
+    recorded = yaml.safe_load((tmp_path / "config_resolved.yaml").read_text())
+    assert recorded["data"]["mean"] == IMAGENET_MEAN and recorded["data"]["std"] == IMAGENET_STD
+
+
+def test_the_package_imports_from_any_folder(tmp_path):
+    """The set-up installs the project (pip install -e .): `import recondec` needs no sys.path edit, so Hydra's
+    submitit workers, notebooks and other projects find it."""
+    code = "import recondec, pathlib; print(pathlib.Path(recondec.__file__).resolve().parent)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(REPO_ROOT / "src" / "recondec")

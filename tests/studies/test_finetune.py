@@ -60,7 +60,7 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
     results = {}
     for variant in VARIANTS:
         overrides = [*base, f"variant={variant}"]
-        results[variant] = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+        results[variant] = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     runs = mlflow.search_runs(experiment_names=["finetune_fmnist"], output_format="list")
     classifiers = [r for r in runs if r.data.tags.get("role") == "classifier"]
     assert len(classifiers) == 1  # trained by the first job, reused by the other six
@@ -79,7 +79,7 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
         assert torch.equal(job["labels"], recorded[1]["labels"])
     # another classifier setting is another classifier
     overrides = [*base, "variant=baseline", "classifier.epochs=2"]
-    run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     runs = mlflow.search_runs(experiment_names=["finetune_fmnist"], output_format="list")
     assert sum(r.data.tags.get("role") == "classifier" for r in runs) == 2
     assert len(list((tmp_path / "classifiers").glob("*/encoder.pt"))) == 2
@@ -89,7 +89,7 @@ def test_one_classifier_per_seed_unless_one_is_shared(compose_cfg):
     from recondec.studies.classifier import classifier_key
 
     def key(*overrides):
-        return classifier_key(compose_cfg("experiment=finetune_fmnist", *overrides))
+        return classifier_key(validate(compose_cfg("experiment=finetune_fmnist", *overrides)))
 
     assert key("trainer.seed=0") != key("trainer.seed=1")  # a verdict over classifiers, not about one
     assert key("trainer.seed=0", "variant=baseline") == key("trainer.seed=0", "variant=swwae_all")
@@ -104,14 +104,14 @@ def test_a_given_classifier_and_a_trained_one_conflict(compose_cfg, tmp_path):
     weights.write_bytes(b"")
     overrides = ["experiment=finetune_fmnist", f"classifier.cache_dir={tmp_path}", f"backbone.pretrained={weights}"]
     with pytest.raises(ConfigError, match=r"classifier.epochs=\d+ trains the classifier .* backbone.pretrained=.*w.pt"):
-        run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+        run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
 
 
 def test_semi_supervised_rows_share_the_low_label_regimes_classifier_and_experiment(compose_cfg):
     from recondec.studies.classifier import classifier_key
 
     low, semi = compose_cfg("experiment=finetune_fmnist_low"), compose_cfg("experiment=finetune_fmnist_semi")
-    assert classifier_key(low) == classifier_key(semi) != classifier_key(compose_cfg("experiment=finetune_fmnist"))
+    assert classifier_key(validate(low)) == classifier_key(validate(semi)) != classifier_key(validate(compose_cfg("experiment=finetune_fmnist")))
     assert (semi.data.labels_per_class, semi.data.train_limit, semi.schedule.unlabelled_batch_size) == (100, None, 64)
     assert semi.logger.experiment == low.logger.experiment  # one report holds both
     assert OmegaConf.to_container(semi.schedule.joint) == OmegaConf.to_container(low.schedule.joint)

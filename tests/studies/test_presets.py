@@ -35,7 +35,7 @@ def test_joint_fmnist_preset_is_the_papers_grid_at_cpu_scale(compose_cfg):
 
 def test_joint_fmnist_preset_runs(compose_cfg, tmp_path):
     overrides = ["experiment=joint_fmnist", "variant=swwae_layerwise", "schedule.joint.epochs=1", *PRESET_TINY]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     assert result.metrics["val/top1"] >= 0 and "val/psnr/pool4" in result.metrics
     assert mlflow.get_run(result.run_id).data.tags["variant"] == "swwae_layerwise"
 
@@ -49,7 +49,7 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
                  f"classifier.cache_dir={tmp_path}/classifiers", "recon.levels=[pool4,fc7]", "recon.figure_images=2",
                  "trainer.dead_decoder=warn", *PRESET_TINY]
     cfg = compose_cfg(*overrides)
-    results = run_recon_study(cfg, JobInfo(overrides=overrides))
+    results = run_recon_study(validate(cfg), JobInfo(overrides=overrides))
     assert set(results) == {"sae_from_pool4", "swwae_from_pool4", "sae_from_fc7", "swwae_from_fc7"}
     assert all({"val/mse/image", "val/psnr/image"} <= set(m) for m in results.values())
     table = (tmp_path / "recon_table.md").read_text()
@@ -58,7 +58,7 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
     cached = list((tmp_path / "classifiers").glob("*/encoder.pt"))
     assert len(cached) == 1
     # a second study with the same classifier settings reuses it instead of training again
-    results2 = run_recon_study(compose_cfg(*overrides, "recon.levels=[pool4]"), JobInfo(overrides=overrides))
+    results2 = run_recon_study(validate(compose_cfg(*overrides, "recon.levels=[pool4]")), JobInfo(overrides=overrides))
     runs = mlflow.search_runs(experiment_names=["recon_fmnist"], output_format="list")
     assert sum(r.data.tags.get("role") == "classifier" for r in runs) == 1
     decoders = [r for r in runs if "_from_" in r.data.tags.get("mlflow.runName", "")]
@@ -127,7 +127,7 @@ def test_joint_imagenet_preset_fine_tunes_the_pretrained_vgg16_and_evaluates_on_
                  "variant=swwae_all", "schedule.decoder.epochs=1", "schedule.joint.epochs=1", *IMAGENET_ON_CPU]
     cfg = compose_cfg(*overrides)
     assert (cfg.schedule.optimizer, cfg.schedule.lr_schedule, cfg.trainer.ten_crop) == ("sgd", "step", True)
-    result = run_job(cfg, JobInfo(overrides=overrides))
+    result = run_job(validate(cfg), JobInfo(overrides=overrides))
     assert {"val/top1", "val/top5", "val/top1_10crop", "val/top5_10crop", "val/psnr/image"} <= set(result.metrics)
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["backbone.pretrained"] == str(weights)
@@ -146,7 +146,7 @@ def test_recon_imagenet_preset_trains_decoders_on_the_frozen_pretrained_vgg16(co
     tree, weights = imagenet_like
     overrides = ["experiment=recon_imagenet_vgg16", f"data.root={tree}", f"backbone.pretrained={weights}",
                  "recon.decoder_epochs=1", "recon.levels=[fc8]", "recon.figure_images=2", *IMAGENET_ON_CPU]
-    results = run_recon_study(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    results = run_recon_study(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     assert set(results) == {"sae_from_fc8", "swwae_from_fc8"}  # fc8 -> fc layers -> the whole conv decoder
     assert "| fc8 |" in (tmp_path / "recon_table.md").read_text()
     frozen = torch.load(tmp_path / "swwae_from_fc8" / "checkpoints" / "last.pt", weights_only=False)["model"]

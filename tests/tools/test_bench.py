@@ -5,10 +5,12 @@ import re
 import pytest
 import torchvision
 
-import bench
 from recondec.tools.benchmark import BenchRow, format_table, mean_of_runs
 
 from ..conftest import TINY
+from ..helpers import load_script
+
+bench = load_script("bench")
 
 BENCH_TINY = [*TINY, "trainer.device=cpu"]
 
@@ -42,7 +44,7 @@ def test_the_compile_comparison_times_both_modes_whatever_the_config_says(monkey
     from recondec.tools import benchmark
 
     monkeypatch.setattr(benchmark, "step_img_per_s", lambda conf, s, w: (300.0 if conf.trainer.compile else 100.0, 1e9))
-    cfg = bench.compose_variants(argparse.Namespace(variants="", overrides=[*BENCH_TINY, configured]), str(tmp_path))
+    cfg = bench.variant_configs(argparse.Namespace(variants="", overrides=[*BENCH_TINY, configured]), str(tmp_path))
     row = benchmark.bench_variant(cfg["baseline"], 1, 1, compiled=True)
     assert (row.eager_img_per_s, row.compiled_img_per_s) == (100.0, 300.0)
     assert row.img_per_s == (300.0 if configured.endswith("true") else 100.0)

@@ -26,7 +26,7 @@ DEAD = [*TINY, "backbone.decoder_init=reference", "variant=swwae_all", "schedule
 def test_the_guard_stops_the_configuration_that_used_to_produce_dead_decoders(compose_cfg, tmp_path):
     overrides = [*DEAD, "logger.experiment=dead"]
     with pytest.raises(DeadDecoderError) as error:
-        run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+        run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     message = str(error.value)
     assert message.startswith("dead decoder after stage 'decoder': the reconstruction of image")
     assert "backbone.decoder_init=he" in message and "schedule.pretrain.epochs>0" in message
@@ -40,7 +40,7 @@ def test_the_guard_stops_the_configuration_that_used_to_produce_dead_decoders(co
 def test_the_guard_can_be_told_to_warn(compose_cfg, caplog):
     overrides = [*DEAD, "trainer.dead_decoder=warn"]
     with caplog.at_level(logging.WARNING):
-        result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+        result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     assert "dead decoder after stage 'decoder'" in caplog.text and result.metrics["val/top1"] >= 0
 
 
@@ -48,7 +48,7 @@ def test_a_healthy_job_passes_the_guard_after_every_stage(compose_cfg):
     overrides = [*TINY, "variant=swwae_all", "schedule=vgg_finetune", "schedule.batch_size=32",
                  "schedule.pretrain.epochs=1", "schedule.pretrain.probe_steps=4", "schedule.pretrain.probe_batches=1",
                  "schedule.decoder.epochs=1", "schedule.joint.epochs=1", "logger.experiment=healthy"]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     client = mlflow.MlflowClient()
     history = client.get_metric_history(result.run_id, "decoder/input_dependence/image")
     assert [m.step for m in history] == [1, 2, 3]  # after the pre-training, decoder and joint stages
@@ -102,7 +102,7 @@ def test_encoder_change_is_the_mean_relative_change_of_the_conv_weights_from_the
 
 def test_every_validation_logs_the_diagnostics_and_the_summary_prints_them(compose_cfg, capsys):
     overrides = [*TINY, "variant=swwae_all", "logger.experiment=diag"]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     client = mlflow.MlflowClient()
     for key in ("grad_share/recon/first_conv", "grad_share/pool4/last_conv", "encoder/rel_change"):
         assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2], key

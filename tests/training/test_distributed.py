@@ -130,7 +130,7 @@ def test_semi_supervised_two_ranks_follow_the_one_process_gradients_and_trajecto
 @pytest.mark.timeout(600)
 def test_a_two_process_job_makes_exactly_one_mlflow_run(compose_cfg, tmp_path):
     overrides = [*TINY, "variant=sae_first", "trainer.devices=2", "logger.experiment=ddp2", "schedule.decoder.epochs=0"]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("ddp2").experiment_id])
     assert [r.info.run_id for r in runs] == [result.run_id]  # rank 1 logs nothing

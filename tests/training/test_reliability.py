@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from recondec.checks import validate
 from recondec.config import REPO_ROOT
 from recondec.models import AugmentedNet
 from recondec.job import JobInfo
@@ -27,7 +28,7 @@ EXACT = [*TINY, "trainer.deterministic=true"]
 
 
 def run(compose_cfg, *overrides: str):
-    return run_job(compose_cfg(*overrides), JobInfo(overrides=list(overrides)))
+    return run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=list(overrides)))
 
 
 def inject_at_training_step(monkeypatch, step: int, action) -> None:
@@ -238,7 +239,7 @@ def test_unusable_tracking_store_fails_clearly_before_training(compose_cfg, tmp_
     (tmp_path / "not_a_folder").write_text("")
     cfg = compose_cfg(*TINY, f"logger.tracking_uri=sqlite:///{tmp_path}/not_a_folder/mlflow.db")
     with pytest.raises(mlflow_logger.TrackingError, match="unreachable or locked: reaching the store failed 2 times"):
-        run_job(cfg, JobInfo(overrides=[]))
+        run_job(validate(cfg), JobInfo(overrides=[]))
     assert not ckpt.checkpoint_dir(tmp_path).exists()  # no training happened
 
 

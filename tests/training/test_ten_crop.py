@@ -4,6 +4,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torchvision.transforms import TenCrop
 
+from recondec.checks import validate
 from recondec.job import JobInfo
 from recondec.run import run_job
 from recondec.training.metrics import ten_crop_probs
@@ -27,7 +28,7 @@ def test_ten_crop_probs_average_softmax_over_corners_centre_and_mirrors():
 
 def test_ten_crop_metrics_are_logged_at_the_end_and_by_the_eval_study(compose_cfg, tmp_path):
     train = [*TINY, "variant=sae_first", "trainer.ten_crop=true", "logger.experiment=tencrop"]
-    r1 = run_job(compose_cfg(*train), JobInfo(overrides=train))
+    r1 = run_job(validate(compose_cfg(*train)), JobInfo(overrides=train))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     history = client.get_metric_history(r1.run_id, "test/top1_10crop")  # on the test set, as the single crop
     assert [m.step for m in history] == [2]  # once, after the last epoch
@@ -35,7 +36,7 @@ def test_ten_crop_metrics_are_logged_at_the_end_and_by_the_eval_study(compose_cf
     assert "val/top1_10crop" not in r1.metrics
     ev = [*TINY, "variant=sae_first", "trainer.ten_crop=true", "study=eval", f"resume={r1.checkpoint}",
           "logger.experiment=tencrop"]
-    r2 = run_job(compose_cfg(*ev), JobInfo(overrides=ev))
+    r2 = run_job(validate(compose_cfg(*ev)), JobInfo(overrides=ev))
     assert r2.run_id != r1.run_id  # an evaluation is a run of its own, the training run is left as it was
     assert r2.metrics["test/top1_10crop"] == pytest.approx(r1.metrics["test/top1_10crop"])
     assert r2.metrics["test/top1"] == pytest.approx(r1.metrics["test/top1"])

@@ -66,7 +66,7 @@ def stream_position(steps: int, batches_per_epoch: int) -> dict[str, int]:
 
 
 def test_training_draws_one_unlabelled_batch_per_step(compose_cfg):
-    result = run_job(compose_cfg(*SEMI), JobInfo(overrides=SEMI))
+    result = run_job(validate(compose_cfg(*SEMI)), JobInfo(overrides=SEMI))
     state = torch.load(result.checkpoint, weights_only=False)
     assert state["step"] == 2 * 3  # 100 labelled images, batch 32: 3 steps in each of the two stages
     assert state["unlabelled"] == stream_position(state["step"], 10)  # 200 images: 10 batches of 20
@@ -102,7 +102,7 @@ def test_semi_supervised_training_on_an_image_folder(compose_cfg, tmp_path):
                  "schedule.batch_size=4", "backbone.image_size=32", "backbone.width=0.125",
                  "backbone.classifier_width=16", "backbone.decoder_init=he", "schedule.decoder.epochs=1",
                  "schedule.joint.epochs=1", "trainer.progress=false", "trainer.recon_images=2"]
-    result = run_job(compose_cfg(*overrides), JobInfo(overrides=overrides))
+    result = run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
     state = torch.load(result.checkpoint, weights_only=False)
     assert state["step"] == 2 * 3  # 12 labelled images, batch 4, two epochs
     assert state["unlabelled"] == stream_position(6, 3)  # 24 unlabelled images: 3 batches of 8 per epoch

@@ -15,12 +15,13 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-import torch
-from omegaconf import DictConfig, OmegaConf
 
-from recondec.checks import validate
+import torch
+from omegaconf import OmegaConf
+
+from recondec.checks import derive
 from recondec.config import Config, ConfigError, PretrainConf, StageConf, variant_option
-from recondec.job import JobInfo, JobResult, launch
+from recondec.job import TRAIN, JobInfo, JobResult, launch
 from recondec.training import checkpoint as ckpt
 from recondec.training.distributed import DistEnv
 
@@ -30,61 +31,58 @@ log = logging.getLogger(__name__)
 _NOT_IN_KEY = {"data": ("num_workers", "val_limit", "test_limit"), "backbone": ("pretrained", "decoder_init")}
 
 
-def classifier_schedule(cfg: DictConfig) -> dict:
+def _plain(node) -> dict:
+    """A config group as plain values (enums as their names)."""
+    return OmegaConf.to_container(OmegaConf.structured(node), enum_to_str=True)
+
+
+def classifier_schedule(cfg: Config) -> dict:
     """The schedule the classifier is trained with: classifier.schedule (or the job's own), stages other than the
     joint one off, and the joint stage classifier.epochs long."""
-    base = cfg.classifier.schedule if cfg.classifier.schedule is not None else cfg.schedule
-    schedule = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
-    schedule["pretrain"] = OmegaConf.to_container(OmegaConf.structured(PretrainConf), enum_to_str=True)
-    schedule["decoder"] = OmegaConf.to_container(OmegaConf.structured(StageConf(freeze_encoder=True)))
+    schedule = _plain(cfg.classifier.schedule if cfg.classifier.schedule is not None else cfg.schedule)
+    schedule["pretrain"] = _plain(PretrainConf())
+    schedule["decoder"] = _plain(StageConf(freeze_encoder=True))
     schedule["joint"] = {"epochs": cfg.classifier.epochs, "lr": schedule["joint"]["lr"], "freeze_encoder": False,
                          "probe_lr": False}
     schedule["unlabelled_batch_size"] = 0  # it learns from the labelled images alone
     return schedule
 
 
-def classifier_seed(cfg: DictConfig) -> int:
+def classifier_seed(cfg: Config) -> int:
     return cfg.trainer.seed if cfg.classifier.seed is None else cfg.classifier.seed
 
 
-def classifier_data(cfg: DictConfig) -> dict:
+def classifier_data(cfg: Config) -> dict:
     """The data the classifier learns from: the job's labelled images (the same held-out validation set, the same
     labels_per_class subset of the same split seed); it never sees the unlabelled ones."""
-    data = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+    data = _plain(cfg.data)
     if data.get("labels_per_class") is not None and data.get("split_seed") is None:
         data["split_seed"] = cfg.trainer.seed  # the job's subset, whatever seed the classifier trains with
     return data
 
 
-def classifier_key(cfg: DictConfig) -> str:
+def classifier_key(cfg: Config) -> str:
     from recondec.data.builtin import source_folder
 
     data = {k: v for k, v in classifier_data(cfg).items() if k not in _NOT_IN_KEY["data"]}
     data["root"] = source_folder(data["name"], data["root"])  # the files read, however they were named
     schedule = classifier_schedule(cfg)
     schedule.pop("unlabelled_batch_size")  # always 0 for the classifier
-    parts = {"data": data, "backbone": {k: v for k, v in OmegaConf.to_container(cfg.backbone, enum_to_str=True).items()
+    parts = {"data": data, "backbone": {k: v for k, v in _plain(cfg.backbone).items()
                                         if k not in _NOT_IN_KEY["backbone"]}}
-    parts.update(schedule=schedule, seed=classifier_seed(cfg), precision=cfg.trainer.precision,
+    parts.update(schedule=schedule, seed=classifier_seed(cfg), precision=str(cfg.trainer.precision),
                  epoch_steps=cfg.trainer.max_steps_per_epoch, classification_weight=cfg.loss.classification)
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def classifier_job(cfg: DictConfig, folder: Path) -> DictConfig:
+def classifier_job(cfg: Config, folder: Path) -> Config:
     """The job that trains the classifier: the baseline under the classifier's schedule and seed."""
-    sub = cfg.copy()
-    OmegaConf.set_struct(sub, False)
-    values = {"variant": variant_option("baseline"),
-              "schedule": classifier_schedule(cfg), "data": classifier_data(cfg),
-              "trainer.seed": classifier_seed(cfg), "trainer.test": False,  # nothing of the test set before the end
-              "classifier.epochs": 0,
-              "backbone.pretrained": None, "study": "train", "resume": None, "output_dir": str(folder / "run"),
-              "logger.run_name": f"classifier {folder.name}",
-              "logger.tags": {"role": "classifier", "classifier_key": folder.name}}
-    for key, value in values.items():
-        OmegaConf.update(sub, key, value, merge=True)  # dicts: every key given, typed by the schema
-    OmegaConf.set_struct(sub, True)
-    return sub
+    return derive(cfg, {
+        "variant": variant_option("baseline"), "schedule": classifier_schedule(cfg), "data": classifier_data(cfg),
+        "trainer.seed": classifier_seed(cfg), "trainer.test": False,  # nothing of the test set before the end
+        "classifier.epochs": 0, "backbone.pretrained": None, "study": "train", "resume": None,
+        "output_dir": str(folder / "run"), "logger.run_name": f"classifier {folder.name}",
+        "logger.tags": {"role": "classifier", "classifier_key": folder.name}, "report.preregistered": {}})
 
 
 @contextmanager
@@ -95,38 +93,30 @@ def _locked(path: Path):
         yield
 
 
-def train_classifier(job_cfg: DictConfig, overrides: list[str]) -> JobResult:
+def train_classifier(job_cfg: Config, overrides: list[str]) -> JobResult:
     """The classifier's own job: one process, whatever launched the job that needs it."""
-    return launch(job_cfg, validate(job_cfg), JobInfo(overrides=overrides), DistEnv())
+    return launch(job_cfg, JobInfo(overrides=overrides), TRAIN, DistEnv())
 
 
-def with_classifier(dict_cfg: DictConfig, cfg: Config, overrides: list[str]) -> DictConfig:
-    """`dict_cfg` starting from the cached classifier: backbone.pretrained is its encoder.pt, and the run tags name
-    the classifier's key and MLflow run (set in the validated `cfg` too). When it is not cached yet, it is trained
-    now, by a job of its own."""
-    folder = Path(dict_cfg.classifier.cache_dir) / classifier_key(dict_cfg)
+def with_classifier(cfg: Config, overrides: list[str]) -> Config:
+    """`cfg` starting from the cached classifier: backbone.pretrained is its encoder.pt, and the run tags name the
+    classifier's key and MLflow run. When it is not cached yet, it is trained now, by a job of its own."""
+    folder = Path(cfg.classifier.cache_dir) / classifier_key(cfg)
     weights = folder / "encoder.pt"
-    if dict_cfg.backbone.pretrained not in (None, str(weights)):
-        raise ConfigError(f"classifier.epochs={dict_cfg.classifier.epochs} trains the classifier this job starts "
-                          f"from, and backbone.pretrained={dict_cfg.backbone.pretrained} gives one: set only one of "
-                          "them")
+    if cfg.backbone.pretrained not in (None, str(weights)):
+        raise ConfigError(f"classifier.epochs={cfg.classifier.epochs} trains the classifier this job starts "
+                          f"from, and backbone.pretrained={cfg.backbone.pretrained} gives one: set only one of them")
     with _locked(folder.parent / f"{folder.name}.lock"):
         if weights.exists():
             log.info("starting from the cached classifier %s", weights)
         else:
             log.info("training the classifier every job of this configuration starts from: %s", folder)
-            result = train_classifier(classifier_job(dict_cfg, folder), [*overrides, "role=classifier"])
+            result = train_classifier(classifier_job(cfg, folder), [*overrides, "role=classifier"])
             model = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["model"]
             encoder = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
             ckpt.save_atomic(encoder, weights, stamped=False)
             (folder / "classifier.json").write_text(json.dumps(
                 {"run_id": result.run_id, "val/top1": result.metrics.get("val/top1")}, indent=1))
     meta = json.loads((folder / "classifier.json").read_text())
-    tags = {**dict_cfg.logger.tags, "classifier_key": folder.name, "classifier_run": meta["run_id"]}
-    out = dict_cfg.copy()
-    OmegaConf.set_struct(out, False)
-    OmegaConf.update(out, "backbone.pretrained", str(weights), merge=False)
-    OmegaConf.update(out, "logger.tags", tags, merge=True)
-    OmegaConf.set_struct(out, True)
-    cfg.backbone.pretrained, cfg.logger.tags = str(weights), dict(tags)
-    return out
+    tags = {**cfg.logger.tags, "classifier_key": folder.name, "classifier_run": meta["run_id"]}
+    return derive(cfg, {"backbone.pretrained": str(weights), "logger.tags": tags})

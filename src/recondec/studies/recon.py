@@ -11,42 +11,35 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from recondec.data import build_loaders  # noqa: E402
-from recondec.models import build_model  # noqa: E402
-from recondec.checks import validate  # noqa: E402
-from recondec.config import variant_option  # noqa: E402
-from recondec.job import JobInfo, launch  # noqa: E402
-from recondec.studies.classifier import with_classifier  # noqa: E402
-from recondec.tracking.sweep import ParentRun  # noqa: E402
+from recondec.checks import derive
+from recondec.config import Config, variant_option
+from recondec.data import build_loaders
+from recondec.job import TRAIN, JobInfo, JobResult, launch
+from recondec.models import build_model
+from recondec.studies.classifier import with_classifier
+from recondec.tracking.sweep import ParentRun
 
 log = logging.getLogger(__name__)
 KINDS = ("sae", "swwae")  # SAE-first (fixed unpooling) and SWWAE-first (switches), conf/variant/<kind>_first.yaml
 
 
-def _sub_config(cfg: DictConfig, name: str, **values) -> DictConfig:
-    sub = cfg.copy()
-    OmegaConf.set_struct(sub, False)
-    for key, value in {"output_dir": str(Path(cfg.output_dir) / name), "logger.run_name": name,
-                       "study": "train", **values}.items():
-        OmegaConf.update(sub, key, value, merge=isinstance(value, dict))  # a group: every key given, typed
-    return sub
+def decoder_job(cfg: Config, kind: str, level: str) -> Config:
+    """The job that trains one decoder on the frozen classifier: <kind>-first from `level`, the image loss at
+    weight 1 as in the reference's reconstruction models, a decoder stage only."""
+    name = f"{kind}_from_{level}"
+    return derive(cfg, {"output_dir": str(Path(cfg.output_dir) / name), "logger.run_name": name, "study": "train",
+                        "variant": {**variant_option(f"{kind}_first"), "decode_from": level},
+                        "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0,
+                        "loss.weights.image": 1.0, "loss.scale": 1.0})
 
 
-def ensure_classifier(cfg: DictConfig, info: JobInfo) -> DictConfig:
-    """`cfg` with backbone.pretrained the frozen classifier: given, or the cached one (trained now if missing)."""
-    return cfg if not cfg.classifier.epochs else with_classifier(cfg, validate(cfg), info.overrides)
-
-
-def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float]]:
-    """One MLflow parent run for the study (a child of the sweep's, in a sweep); each decoder a child run."""
-    cfg = ensure_classifier(cfg, info)
+def run_recon_study(cfg: Config, info: JobInfo) -> dict[str, dict[str, float]]:
+    """One MLflow parent run for the study (a child of the sweep's, in a sweep); each decoder a child run. The
+    classifier is backbone.pretrained, or the cached one (trained now if missing)."""
+    if cfg.classifier.epochs:
+        cfg = with_classifier(cfg, info.overrides)
     parent = ParentRun(cfg.logger.tracking_uri, cfg.logger.experiment, "recon study",
                        {"role": "study", "study": "recon"}, info.parent_run_id)
     try:
@@ -58,22 +51,19 @@ def run_recon_study(cfg: DictConfig, info: JobInfo) -> dict[str, dict[str, float
     return results
 
 
-def _train_decoders(cfg: DictConfig, info: JobInfo, parent: ParentRun) -> dict[str, dict[str, float]]:
-    results, checkpoints = {}, {}
+def _train_decoders(cfg: Config, info: JobInfo, parent: ParentRun) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    decoders: dict[str, tuple[Config, JobResult]] = {}
     for level in cfg.recon.levels:
         for kind in KINDS:
-            name = f"{kind}_from_{level}"
-            sub = _sub_config(cfg, name, **{
-                "variant": {**variant_option(f"{kind}_first"), "decode_from": level},
-                "schedule.decoder.epochs": cfg.recon.decoder_epochs, "schedule.joint.epochs": 0,
-                "loss.weights.image": 1.0})  # loss weight 1, as the reference's reconstruction models
-            conf = validate(sub)
-            result = launch(sub, conf, JobInfo(overrides=[*info.overrides, f"recon={name}"],
-                                               parent_run_id=parent.run_id))
-            results[name] = {k: v for k, v in result.metrics.items() if k.startswith("val/") and "image" in k}
-            checkpoints[name] = (conf, result.checkpoint)
+            job = decoder_job(cfg, kind, level)
+            result = launch(job, JobInfo(overrides=[*info.overrides, f"recon={job.logger.run_name}"],
+                                         parent_run_id=parent.run_id), TRAIN)
+            results[job.logger.run_name] = {k: v for k, v in result.metrics.items()
+                                            if k.startswith("val/") and "image" in k}
+            decoders[job.logger.run_name] = (job, result.checkpoint)
     table = recon_table(cfg.recon.levels, results)
-    figure = recon_figure(cfg, checkpoints)
+    figure = recon_figure(cfg, decoders)
     _log_summary(cfg, table, figure, parent)
     print(table)
     return results
@@ -91,20 +81,25 @@ def recon_table(levels, results) -> str:
 
 
 @torch.no_grad()
-def _reconstruct(conf, checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
-    model = build_model(conf.backbone, conf.variant, conf.data.num_classes)
+def _reconstruct(job: Config, checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
+    model = build_model(job.backbone, job.variant, job.data.num_classes)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
     return model.eval()(images).recons["image"]
 
 
-def recon_figure(cfg: DictConfig, checkpoints):
+def recon_figure(cfg: Config, checkpoints):
     """One row per level: the inputs, then SAE and SWWAE reconstructions side by side."""
-    conf = next(iter(checkpoints.values()))[0]  # every decoder's job reads the same data
-    loaders = build_loaders(conf.data, conf.backbone.image_size, conf.schedule.batch_size, conf.trainer.seed)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, whatever display the machine has
+    import matplotlib.pyplot as plt
+
+    job = next(iter(checkpoints.values()))[0]  # every decoder's job reads the same data
+    loaders = build_loaders(job.data, job.backbone.image_size, job.schedule.batch_size, job.trainer.seed)
     images, _ = next(iter(loaders.val))
     images = images[:cfg.recon.figure_images]
-    std = torch.tensor(conf.data.std).view(1, 3, 1, 1)
-    mean = torch.tensor(conf.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(job.data.std).view(1, 3, 1, 1)
+    mean = torch.tensor(job.data.mean).view(1, 3, 1, 1)
     levels = list(cfg.recon.levels)
     n = images.shape[0]
     fig, axes = plt.subplots(len(levels), 3 * n, figsize=(0.9 * 3 * n, 1.0 * len(levels)), squeeze=False)
@@ -127,7 +122,9 @@ def recon_figure(cfg: DictConfig, checkpoints):
     return fig
 
 
-def _log_summary(cfg: DictConfig, table: str, figure, parent: ParentRun) -> None:
+def _log_summary(cfg: Config, table: str, figure, parent: ParentRun) -> None:
+    import matplotlib.pyplot as plt
+
     out = Path(cfg.output_dir)
     (out / "recon_table.md").write_text(table)
     figure.savefig(out / "recon_levels.png", dpi=120)

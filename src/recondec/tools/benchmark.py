@@ -9,13 +9,11 @@ config has it (trainer=gpu compiles it).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig
-
-from recondec.checks import validate
 from recondec.config import Config
 from recondec.data import Loaders
 from recondec.models import build_loss, build_model
@@ -73,54 +71,54 @@ def timed_epoch(trainer: Trainer, steps: int, warmup: int) -> float:
     return trainer.train_epoch()["img_per_s"]
 
 
-def step_img_per_s(conf: Config, steps: int, warmup: int) -> tuple[float, int]:
+def step_img_per_s(cfg: Config, steps: int, warmup: int) -> tuple[float, int]:
     """The bare step: the training loop on one synthetic batch that already sits on the device.
     Returns img/s and the model's forward FLOPs per image."""
-    device = resolve_device(conf.trainer.device)
+    device = resolve_device(cfg.trainer.device)
     torch.backends.cudnn.benchmark = True
-    model = build_model(conf.backbone, conf.variant, conf.data.num_classes).to(device)
-    flops = forward_flops(model, conf.backbone.image_size)
-    if conf.trainer.channels_last:
+    model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
+    flops = forward_flops(model, cfg.backbone.image_size)
+    if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(model, conf.loss, conf.data.std).to(device)
-    b, s = conf.schedule.batch_size, conf.backbone.image_size
+    loss_fn = build_loss(model, cfg.loss, cfg.data.std).to(device)
+    b, s = cfg.schedule.batch_size, cfg.backbone.image_size
     x = torch.randn(b, 3, s, s, device=device)
-    y = torch.randint(0, conf.data.num_classes, (b,), device=device)
+    y = torch.randint(0, cfg.data.num_classes, (b,), device=device)
     steps_total = max(steps, warmup)
     loaders = Loaders(SyntheticLoader(x, y, steps_total), SyntheticLoader(x, y, 1), b * steps_total, b, split=None)
-    trainer = Trainer(conf, model, loss_fn, loaders, device)
+    trainer = Trainer(cfg, model, loss_fn, loaders, device)
     return timed_epoch(trainer, steps, warmup), flops
 
 
-def loop_img_per_s(conf: Config, steps: int, warmup: int, tracking_uri: str) -> float:
+def loop_img_per_s(cfg: Config, steps: int, warmup: int, tracking_uri: str) -> float:
     """The job's loop as `python src/main.py` builds it (run.build_trainer): its loaders, metrics, progress
     bookkeeping and MLflow logging every trainer.log_every_n_steps, into a throw-away database."""
     from recondec.job import build_trainer
     from recondec.tracking.mlflow_logger import MlflowTracker
 
-    tracker = MlflowTracker(tracking_uri, "bench", f"loop {conf.variant.name}", {}, conf.data.mean)
+    tracker = MlflowTracker(tracking_uri, "bench", f"loop {cfg.variant.name}", {}, cfg.data.mean)
     try:
-        trainer = build_trainer(conf, tracker)
+        trainer = build_trainer(cfg, tracker)
         steps = min(steps, len(trainer.loaders.train))
         return timed_epoch(trainer, steps, min(warmup, steps))
     finally:
         tracker.finish()
 
 
-def bench_variant(cfg: DictConfig, steps: int, warmup: int, *, real_loop_uri: Optional[str] = None,
+def bench_variant(cfg: Config, steps: int, warmup: int, *, real_loop_uri: Optional[str] = None,
                   compiled: bool = False) -> BenchRow:
-    conf = validate(cfg)
-    conf.trainer.progress = False
-    img_per_s, flops = step_img_per_s(conf, steps, warmup)
+    cfg = copy.deepcopy(cfg)  # its trainer settings are switched below; the caller's config stays as given
+    cfg.trainer.progress = False
+    img_per_s, flops = step_img_per_s(cfg, steps, warmup)
     tflops = 3 * flops * img_per_s / 1e12
-    peak = device_peak_tflops(resolve_device(conf.trainer.device))
-    row = BenchRow(conf.variant.name, img_per_s, flops / 1e9, tflops, tflops / peak if peak else None)
+    peak = device_peak_tflops(resolve_device(cfg.trainer.device))
+    row = BenchRow(cfg.variant.name, img_per_s, flops / 1e9, tflops, tflops / peak if peak else None)
     if real_loop_uri:
-        row.loop_img_per_s = loop_img_per_s(conf, steps, warmup, real_loop_uri)
+        row.loop_img_per_s = loop_img_per_s(cfg, steps, warmup, real_loop_uri)
     if compiled:  # the step with torch.compile off and on; the configured one is timed above
-        configured = conf.trainer.compile
-        conf.trainer.compile = not configured
-        other = step_img_per_s(conf, steps, warmup)[0]
+        configured = cfg.trainer.compile
+        cfg.trainer.compile = not configured
+        other = step_img_per_s(cfg, steps, warmup)[0]
         row.eager_img_per_s, row.compiled_img_per_s = (other, img_per_s) if configured else (img_per_s, other)
     return row
 
