@@ -68,6 +68,9 @@ def check_backbone(backbone: BackboneConf) -> None:
     _require(backbone.name in BACKBONES, "backbone.name", f"one of {sorted(BACKBONES)}", backbone.name)
     spec = BACKBONES[backbone.name]
     _require(spec.accepts_size(backbone.image_size), "backbone.image_size", spec.size_rule, backbone.image_size)
+    _require(backbone.batch_norm is None or spec.batch_norm_option, "backbone.batch_norm",
+             f"null for backbone={backbone.name} (its layout is fixed: vgg16 / vgg16_bn for VGG-16 without / with "
+             "batch norm; vgg16_small takes true or false)", backbone.batch_norm)
     if backbone.pretrained is not None:
         try:  # a weights name is fetched into torch.hub's cache now, so a job never fails on it later
             weights = torchvision_weights(backbone.name, backbone.pretrained)

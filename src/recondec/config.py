@@ -139,6 +139,14 @@ class LossForm(str, enum.Enum):
 class TrainCrop(str, enum.Enum):
     random_resized = "random_resized"  # RandomResizedCrop (8-100 % of the area, aspect 3/4-4/3) + flip: today's default
     resize_crop = "resize_crop"        # paper era: shorter side to 256/224 x size, a random size x size crop + flip
+    pad_crop = "pad_crop"              # small images: zero padding, a random crop of the original size + flip
+    none = "none"                      # no augmentation
+
+
+# the training augmentations each loader implements; the first is its default (schedule.train_crop=null)
+TRAIN_CROPS = {"memory": (TrainCrop.none, TrainCrop.pad_crop),
+               "ffcv": (TrainCrop.random_resized, TrainCrop.resize_crop),
+               "torchvision": (TrainCrop.random_resized, TrainCrop.resize_crop)}
 
 
 class Optimizer(str, enum.Enum):
@@ -204,6 +212,9 @@ class BackboneConf(Checked):
     image_size: int = count(224, low=1)  # the backbone's own rule (a multiple of 32, ...): checks.py
     dropout: float = ranged(0.5, low=0, high=1, high_open=True)
     classifier_width: int = count(4096, low=1)  # fc6 / fc7 units
+    # batch norm after every encoder conv (never in the decoders, as in the paper). null: the backbone's own
+    # (vgg16_bn has it, the others do not); true / false only where the backbone lets you choose (vgg16_small)
+    batch_norm: Optional[bool] = None
     # a local torchvision-format state dict, or torchvision's weights name for it (IMAGENET1K_V1, DEFAULT)
     pretrained: Optional[str] = None
     channel_order: ChannelOrder = ChannelOrder.rgb  # what the weights expect; the data stays RGB
@@ -284,7 +295,10 @@ class ScheduleConf(Checked):
     warmup_epochs: float = weight(0.0)
     step_epochs: list[int] = count(factory=list)  # for lr_schedule=step: epochs at which lr *= step_gamma
     step_gamma: float = positive(0.1)
-    train_crop: TrainCrop = TrainCrop.random_resized  # training augmentation of the image-folder loaders
+    # training augmentation, for every loader in one place (TRAIN_CROPS says which loader takes which).
+    # null: the loader's default (memory: none; ffcv and torchvision: random_resized), filled in by the checks
+    train_crop: Optional[TrainCrop] = None
+    crop_padding: int = count(2, low=1)  # pad_crop: pixels of zero padding on each side before the random crop
     bias_lr_mult: float = positive(1.0)  # Caffe's lr_mult for biases (2 in the reference VGG recipe)
     bias_decay_mult: float = weight(1.0)  # Caffe's decay_mult for biases (0 in the reference VGG recipe)
     # semi-supervised (data.labels_per_class): each step also draws this many unlabelled images, which enter the
@@ -580,10 +594,22 @@ def check_schema(composed: DictConfig) -> Config:
         _require(cfg.schedule.unlabelled_batch_size % cfg.trainer.devices == 0, "schedule.unlabelled_batch_size",
                  f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)",
                  cfg.schedule.unlabelled_batch_size)
+    for schedule, at in ((cfg.schedule, "schedule"), (cfg.classifier.schedule, "classifier.schedule")):
+        if schedule is not None:
+            schedule.train_crop = _train_crop(schedule.train_crop, cfg.data.loader, f"{at}.train_crop")
     per_rank, rest = divmod(cfg.schedule.batch_size, cfg.trainer.devices)
     _require(rest == 0 and per_rank > 0, "schedule.batch_size",
              f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)", cfg.schedule.batch_size)
     return cfg
+
+
+def _train_crop(crop: Optional[TrainCrop], loader: Loader, key: str) -> TrainCrop:
+    """The augmentation a loader runs: the one asked for if that loader implements it, its default if none is."""
+    allowed = TRAIN_CROPS[loader.value]
+    _require(crop is None or crop in allowed, key,
+             f"{' or '.join(c.value for c in allowed)} with data.loader={loader.value}, or null (its default)",
+             getattr(crop, "value", crop))
+    return allowed[0] if crop is None else crop
 
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

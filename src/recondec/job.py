@@ -169,6 +169,7 @@ def build_trainer(cfg: Config, tracker: Optional[Tracker], env: DistEnv = DistEn
     loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size // env.world_size,
                             cfg.trainer.seed, device=str(device), rank=env.rank, world_size=env.world_size,
                             ten_crop=cfg.trainer.ten_crop, train_crop=cfg.schedule.train_crop,
+                            crop_padding=cfg.schedule.crop_padding,
                             unlabelled_batch_size=cfg.schedule.unlabelled_batch_size // env.world_size)
     model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).to(device)
     if cfg.trainer.channels_last:

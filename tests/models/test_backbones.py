@@ -170,3 +170,20 @@ def test_a_new_backbone_is_one_registered_builder(monkeypatch):
     model = build_model(BackboneConf("tiny", image_size=16), variant, 3)
     out = model(torch.randn(2, 3, 16, 16))
     assert set(out.recons) == {"image", "pool1"} and out.recons["image"].shape == (2, 3, 16, 16)
+
+
+def test_batch_norm_builds_for_vgg16_small_only_in_its_encoder_and_is_refused_where_the_layout_is_fixed(compose_cfg):
+    from recondec.checks import validate
+    from recondec.config import ConfigError
+    from recondec.models import build_model
+
+    cfg = validate(compose_cfg("backbone.batch_norm=true", "variant=swwae_all"))
+    model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules()) == 13
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decoder.modules())  # decoders as in the paper
+    plain = validate(compose_cfg("backbone.batch_norm=false"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d)
+                   for m in build_model(plain.backbone, plain.variant, 10).modules())
+    for backbone in ("vgg16", "vgg16_bn", "alexnet"):
+        with pytest.raises(ConfigError, match=r"backbone.batch_norm=True is invalid: allowed null for backbone="):
+            validate(compose_cfg(f"backbone={backbone}", "backbone.batch_norm=true"))

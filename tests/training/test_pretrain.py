@@ -119,3 +119,16 @@ def test_he_init_lets_the_stacked_decoder_pass_gradient_to_every_conv_from_the_s
     assert he_grad > 1e-6 and he_spread > 1e-5, (he_grad, he_spread)
     conv = model.decoder.blocks[-1].convs[0]
     assert abs(conv.weight.std().item() / (2 / conv.weight[0].numel()) ** 0.5 - 1) < 0.2  # He-normal, fan-in
+
+
+def test_decoders_of_a_batch_norm_encoder_learn_to_reconstruct(compose_cfg):
+    """vgg16_small with batch norm: a decoder-only stage raises the validation image PSNR of SWWAE-all."""
+    cfg = validate(compose_cfg(*TINY, "variant=swwae_all", "backbone.batch_norm=true", "data.train_limit=256",
+                               "schedule.decoder.epochs=4", "schedule.joint.epochs=0", "schedule.decoder.lr=1e-2"))
+    trainer = build_trainer(cfg, None)
+    before = trainer.evaluator.evaluate(trainer.loaders.val, ssim=False)[0]["psnr/image"]
+    trainer.enter_stage(trainer.stages[0])
+    for _ in range(4):
+        trainer.train_epoch()
+    after = trainer.evaluator.evaluate(trainer.loaders.val, ssim=False)[0]["psnr/image"]
+    assert after > before + 1.0, (before, after)

@@ -1,14 +1,18 @@
-"""In-memory loader for the built-in data sets: tensors resized once, shuffled by (seed, epoch).
+"""In-memory loader for the built-in data sets: tensors resized once, shuffled by (seed, epoch), training batches
+augmented (schedule.train_crop=pad_crop) by (seed, epoch, batch).
 
-The order of every epoch is a pure function of (seed, epoch), so a run resumed mid-epoch can skip the
-batches it already saw and continue bit for bit.
+The order of every epoch is a pure function of (seed, epoch), and each batch's augmentation of (seed, epoch, rank,
+batch), so a run resumed mid-epoch can skip the batches it already saw and continue bit for bit.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from recondec.config import DataConf
+from typing import Optional
+
+from recondec.config import DataConf, TrainCrop
+from recondec.data.augment import batch_generator, pad_crop_flip
 from recondec.data.base import Loaders, assemble_loaders, epoch_seed, ten_crop_view_size
 from recondec.data.builtin import ArraySplit, limit, load_builtin, take
 from recondec.data.splits import split_training_set
@@ -25,7 +29,9 @@ class MemoryLoader:
     """Iterates (images, labels) batches of an ArraySplit resized to `image_size`."""
 
     def __init__(self, split: ArraySplit, image_size: int, batch_size: int, mean, std, *, shuffle: bool,
-                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 pad_crop: Optional[int] = None):
+        """`pad_crop`: augment every batch by that many pixels of padding, a random crop and a flip (None: off)."""
         x = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous()
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
             x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
@@ -33,7 +39,7 @@ class MemoryLoader:
         self.pixels, self.mean, self.std = x, mean, std  # uint8: a quarter of float32's memory, normalised per batch
         self.labels = torch.from_numpy(split.labels)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad_crop = rank, world_size, pad_crop
         self.epoch = 0
         self.skip_batches = 0
 
@@ -59,7 +65,10 @@ class MemoryLoader:
         idx = self._indices()
         for b in range(self.skip_batches, len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            yield to_normalized(self.pixels[sel], self.mean, self.std), self.labels[sel]
+            pixels = self.pixels[sel]
+            if self.pad_crop is not None:
+                pixels = pad_crop_flip(pixels, self.pad_crop, batch_generator(self.seed, self.epoch, self.rank, b))
+            yield to_normalized(pixels, self.mean, self.std), self.labels[sel]
         self.skip_batches = 0
 
     @property
@@ -69,9 +78,13 @@ class MemoryLoader:
 
 
 def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
-                         world_size: int = 1, ten_crop: bool = False, unlabelled_batch_size: int = 0) -> Loaders:
+                         world_size: int = 1, ten_crop: bool = False, unlabelled_batch_size: int = 0,
+                         train_crop: TrainCrop = TrainCrop.none, crop_padding: int = 2) -> Loaders:
     """A built-in set: its training split cut into labelled / unlabelled / validation images (splits.py), and its
-    official test set."""
+    official test set. Training images (labelled and unlabelled) are augmented when train_crop is pad_crop."""
+    if train_crop not in (TrainCrop.none, TrainCrop.pad_crop):
+        raise ValueError(f"schedule.train_crop={train_crop.value}: the memory loader takes none or pad_crop")
+    pad_crop = crop_padding if train_crop is TrainCrop.pad_crop else None
     source, test = load_builtin(data.name, data.root, data.test_fraction)
     split = split_training_set(source.labels, data, seed, holdout=True)
     val, test = limit(take(source, split.val), data.val_limit), limit(test, data.test_limit)
@@ -79,7 +92,7 @@ def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed:
 
     def train(rows, batch: int, order_seed: int, labelled: bool) -> MemoryLoader:
         return MemoryLoader(take(source, rows, labelled=labelled), image_size, batch, shuffle=True, seed=order_seed,
-                            drop_last=True, **common)
+                            drop_last=True, pad_crop=pad_crop, **common)
 
     def evaluation(images: ArraySplit, side: int) -> MemoryLoader:
         return MemoryLoader(images, side, batch_size, shuffle=False, **common)

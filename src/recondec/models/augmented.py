@@ -124,8 +124,9 @@ class Classifier(nn.Module):
 
 
 def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) -> AugmentedNet:
+    options = {} if backbone.batch_norm is None else {"batch_norm": backbone.batch_norm}
     encoder = build_encoder(backbone.name, num_classes, backbone.image_size, width=backbone.width,
-                            dropout=backbone.dropout, classifier_width=backbone.classifier_width)
+                            dropout=backbone.dropout, classifier_width=backbone.classifier_width, **options)
     if backbone.pretrained:
         skipped = load_pretrained(encoder, backbone.pretrained, backbone.name)
         if skipped:

@@ -294,13 +294,14 @@ class BackboneSpec:
     build: Callable[..., Encoder]
     size_rule: str
     accepts_size: Callable[[int], bool]
+    batch_norm_option: bool = False  # its builder takes batch_norm= (backbone.batch_norm true / false)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vgg16": BackboneSpec(build_vgg16, "an integer >= 32", lambda s: s >= 32),
     "vgg16_bn": BackboneSpec(build_vgg16_bn, "an integer >= 32", lambda s: s >= 32),
     "vgg16_small": BackboneSpec(build_vgg16_small, "a positive multiple of 32 (e.g. 32, 64)",
-                                lambda s: s >= 32 and s % 32 == 0),
+                                lambda s: s >= 32 and s % 32 == 0, batch_norm_option=True),
     "alexnet": BackboneSpec(build_alexnet, "an integer >= 63", lambda s: s >= 63),
     "alexnet_caffe": BackboneSpec(build_alexnet_caffe, "an integer >= 67 (227 in the paper)", lambda s: s >= 67),
 }
