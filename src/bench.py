@@ -26,7 +26,6 @@ each, their ratio, and the .beton's size against the source files'.
 import argparse
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,6 @@ import numpy as np
 from PIL import Image
 
 from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode, variant_names
-
 
 # ---------------------------------------------------------------- synthetic photo-like JPEGs
 

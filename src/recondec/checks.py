@@ -8,13 +8,21 @@ checked again. ``as_dict`` / ``as_yaml`` are what a run records: the values it u
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from recondec.config import IMAGENET_MEAN, IMAGENET_STD, BackboneConf, Config, ConfigError, DataConf, _require, \
-    check_schema, dataset_kind
+from recondec.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneConf,
+    Config,
+    ConfigError,
+    DataConf,
+    _require,
+    check_schema,
+    dataset_kind,
+)
 
 
 def validate(composed: DictConfig) -> Config:

@@ -563,8 +563,9 @@ def _check_ranges(node: Any, at: str) -> None:
             _require(rng.admits(value), key, rng.describe(), value)
             continue
         for k, v in items:
-            _require(v is not None and rng.admits(v), f"{key}.{k}" if isinstance(value, dict) else key,
-                     f"{rng.describe().split(', or null')[0]} for each element", v if isinstance(value, dict) else value)
+            per_key = isinstance(value, dict)
+            _require(v is not None and rng.admits(v), f"{key}.{k}" if per_key else key,
+                     f"{rng.describe().split(', or null')[0]} for each element", v if per_key else value)
 
 
 def _walk(node: Any, at: str = "") -> None:

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+
 from recondec.checks import as_dict, as_yaml
 from recondec.config import Config
 from recondec.data import build_loaders
@@ -29,8 +30,8 @@ from recondec.models import build_loss, build_model
 from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
-from recondec.training.distributed import DistEnv
 from recondec.training.device import resolve_device
+from recondec.training.distributed import DistEnv
 from recondec.training.loop import Trainer
 from recondec.training.reliability import Preempted
 

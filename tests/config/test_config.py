@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from recondec.checks import validate
 from recondec.config import CONF_DIR, REPO_ROOT, ConfigError

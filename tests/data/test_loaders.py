@@ -167,7 +167,8 @@ def test_builtin_set_is_written_on_first_use_and_split_as_the_memory_loader_spli
                     labels_per_class=5, ffcv=ffcv_conf(tmp_path, order=Order.quasi_random))
     loaders = build_loaders(data, SIZE, BATCH, seed=0)
     assert (tmp_path / "train.beton").is_file() and (tmp_path / "test.beton").is_file()  # validation: in train
-    assert (loaders.num_train, loaders.num_val, loaders.num_test) == (50, 144, 359) and len(loaders.train) == 50 // BATCH
+    assert (loaders.num_train, loaders.num_val, loaders.num_test) == (50, 144, 359)
+    assert len(loaders.train) == 50 // BATCH
     x, y = next(iter(loaders.train))
     assert x.shape == (BATCH, 3, SIZE, SIZE) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert set(np.unique(_labels(_epoch(loaders.val)))) == set(range(10))

@@ -61,7 +61,8 @@ def test_labels_per_class_needs_enough_images_of_every_class():
     data = DataConf(name="digits", num_classes=3, val_size=1, labels_per_class=6)
     with pytest.raises(ConfigError, match=r"labels_per_class=6 is invalid: allowed at most 5"):
         split_training_set(labels, data, seed=0, holdout=False)
-    split = split_training_set(labels, DataConf(name="digits", num_classes=3, val_size=1, labels_per_class=5), 0, holdout=False)
+    data = DataConf(name="digits", num_classes=3, val_size=1, labels_per_class=5)
+    split = split_training_set(labels, data, 0, holdout=False)
     assert np.bincount(labels[split.labelled]).tolist() == [5, 5, 5] and len(split.unlabelled) == 8
 
 

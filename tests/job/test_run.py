@@ -14,13 +14,12 @@ from omegaconf import OmegaConf
 
 from recondec.checks import validate
 from recondec.config import REPO_ROOT
-from recondec.models import build_model
 from recondec.job import JobInfo
+from recondec.models import build_model
 from recondec.run import run_job
 
 from ..conftest import TINY, variant_params
 from ..helpers import artifact_paths, runs_of
-
 
 
 @pytest.mark.parametrize("variant", variant_params("baseline", "sae_layerwise", "swwae_all"))

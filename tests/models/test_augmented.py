@@ -7,8 +7,8 @@ from recondec.config import CONF_DIR, BackboneConf, LossConf, LossForm, LossLeve
 from recondec.models import build_loss, build_model
 from recondec.models.backbones import ConvSpec
 from recondec.models.decoders import make_conv, mirror
-from recondec.tools.profile import count_params
 from recondec.models.unpool import switch_unpool
+from recondec.tools.profile import count_params
 
 from ..conftest import VARIANTS
 

@@ -67,7 +67,7 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
     (folder,) = (tmp_path / "classifiers").glob("*/")
     assert json.loads((folder / "classifier.json").read_text())["run_id"] == classifiers[0].info.run_id
     cached = torch.load(folder / "encoder.pt")
-    for variant, result in results.items():
+    for result in results.values():
         tags = mlflow.get_run(result.run_id).data.tags
         assert (tags["classifier_run"], tags["classifier_key"]) == (classifiers[0].info.run_id, folder.name)
     # the joint stage of the baseline and of each variant starts from the cached classifier, bit for bit, and
@@ -111,7 +111,8 @@ def test_semi_supervised_rows_share_the_low_label_regimes_classifier_and_experim
     from recondec.studies.classifier import classifier_key
 
     low, semi = compose_cfg("experiment=finetune_fmnist_low"), compose_cfg("experiment=finetune_fmnist_semi")
-    assert classifier_key(validate(low)) == classifier_key(validate(semi)) != classifier_key(validate(compose_cfg("experiment=finetune_fmnist")))
+    full = compose_cfg("experiment=finetune_fmnist")
+    assert classifier_key(validate(low)) == classifier_key(validate(semi)) != classifier_key(validate(full))
     assert (semi.data.labels_per_class, semi.data.train_limit, semi.schedule.unlabelled_batch_size) == (100, None, 64)
     assert semi.logger.experiment == low.logger.experiment  # one report holds both
     assert OmegaConf.to_container(semi.schedule.joint) == OmegaConf.to_container(low.schedule.joint)

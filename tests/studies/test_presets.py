@@ -111,7 +111,8 @@ def imagenet_like(tmp_path_factory):
 # the presets as they are, on CPU at 32 px, with the torchvision loader (the ffcv loaders have their own tests); one
 # step per stage cannot wake the reference-initialised decoders of a random VGG-16, which the guard would stop
 IMAGENET_ON_CPU = ["trainer.dead_decoder=warn", "data.loader=torchvision", "data.num_workers=0", "trainer.device=cpu",
-                   "trainer.precision=fp32", "trainer.channels_last=false", "backbone.image_size=32", "schedule.batch_size=4",
+                   "trainer.precision=fp32", "trainer.channels_last=false", "backbone.image_size=32",
+                   "schedule.batch_size=4",
                    "trainer.max_steps_per_epoch=1", "trainer.progress=false", "trainer.recon_images=2",
                    "backbone.classifier_width=64",  # fc6/fc7 keep their init (shapes differ): 100x less to build
                    "schedule.pretrain.probe_steps=2", "schedule.pretrain.probe_batches=1"]

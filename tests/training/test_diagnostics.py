@@ -8,8 +8,8 @@ import torch
 
 from recondec.checks import validate
 from recondec.config import LossForm, ScheduleConf
-from recondec.models.losses import euclidean
 from recondec.job import JobInfo, build_trainer
+from recondec.models.losses import euclidean
 from recondec.run import run_job
 from recondec.training import pretrain
 from recondec.training.diagnostics import DeadDecoderError, encoder_convs, run_medians
@@ -18,7 +18,8 @@ from recondec.training.pretrain import ProbeFailed, probe_lr
 from ..conftest import TINY
 
 # the configuration that once produced dead stacked decoders: the reference init, no warm start, SGD at a fixed LR
-DEAD = [*TINY, "backbone.decoder_init=reference", "variant=swwae_all", "schedule=vgg_finetune", "schedule.batch_size=32",
+DEAD = [*TINY, "backbone.decoder_init=reference", "variant=swwae_all", "schedule=vgg_finetune",
+        "schedule.batch_size=32",
         "schedule.pretrain.epochs=0", "schedule.decoder.probe_lr=false", "schedule.decoder.lr=1e-3",
         "schedule.decoder.epochs=1", "schedule.joint.epochs=0"]
 

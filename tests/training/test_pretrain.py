@@ -4,14 +4,15 @@ import torch
 
 from recondec.checks import validate
 from recondec.config import LossForm
-from recondec.models.losses import euclidean
 from recondec.job import build_trainer
+from recondec.models.losses import euclidean
 from recondec.training.pretrain import probe_lr
 from recondec.training.stages import plan_stages
 
 from ..conftest import TINY
 
-SGD = ["backbone.decoder_init=reference", "schedule=vgg_finetune", "schedule.batch_size=32", "schedule.pretrain.probe_steps=20",
+SGD = ["backbone.decoder_init=reference", "schedule=vgg_finetune", "schedule.batch_size=32",
+       "schedule.pretrain.probe_steps=20",
        "schedule.pretrain.probe_batches=2", "schedule.pretrain.lr_candidates=[10,1,0.1,0.01,0.001,1e-4,1e-5]"]
 
 

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from recondec.checks import validate
 from recondec.config import REPO_ROOT
-from recondec.models import AugmentedNet
 from recondec.job import JobInfo
+from recondec.models import AugmentedNet
 from recondec.run import run_job
 from recondec.tracking import mlflow_logger
 from recondec.training import checkpoint as ckpt

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol, runtime_checkable
 
-
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -23,7 +22,7 @@ UNLABELLED_SEED = 7_919  # the unlabelled stream's order: its own seed, never th
 
 @runtime_checkable
 class BatchLoader(Protocol):
-    """What the Trainer iterates; MemoryLoader, the ffcv GuardedLoader and the torchvision TorchvisionLoader implement it."""
+    """What the Trainer iterates; MemoryLoader, the ffcv GuardedLoader and the TorchvisionLoader implement it."""
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """The next iteration is epoch `epoch` (its order a function of (seed, epoch)), without its first

@@ -21,8 +21,7 @@ from typing import Optional
 import numpy as np
 
 from recondec.config import REPO_ROOT, ConfigError, DataConf, FFCVConf, dataset_kind
-from recondec.data.images import (BadImageError, Listing, check_images, list_classes, list_split, read_rgb,
-                                  worker_count)
+from recondec.data.images import BadImageError, Listing, check_images, list_classes, list_split, read_rgb, worker_count
 
 SMART_THRESHOLD = 3 * 96 * 96  # write_mode=smart: raw pixels up to ~96x96 (decoding is a copy), JPEG above
 MIN_PAGE = 1 << 21             # ffcv's minimum page size (2 MiB)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-
 from typing import Optional
 
 from recondec.config import IMAGENET_MEAN, IMAGENET_STD, TRAIN_CROPS, DataConf, Loader, TrainCrop

@@ -6,10 +6,10 @@ batch), so a run resumed mid-epoch can skip the batches it already saw and conti
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
-
-from typing import Optional
 
 from recondec.config import DataConf, TrainCrop
 from recondec.data.augment import batch_generator, pad_crop_flip

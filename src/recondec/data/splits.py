@@ -66,8 +66,9 @@ def split_training_set(labels: np.ndarray, data: DataConf, seed: int, holdout: b
     val = None
     if holdout:
         if not data.val_size or data.val_size >= len(labels):
-            raise ConfigError(f"data.val_size={data.val_size!r} is invalid: allowed an integer in [1, {len(labels) - 1}]"
-                              f" (the held-out validation images of the {len(labels)} training images)")
+            raise ConfigError(f"data.val_size={data.val_size!r} is invalid: allowed an integer in "
+                              f"[1, {len(labels) - 1}] (the held-out validation images of the {len(labels)} training "
+                              "images)")
         val = stratified_sample(labels, everything, proportional_counts(labels, data.val_size),
                                 np.random.default_rng(VAL_SPLIT_SEED))
         pool = np.setdiff1d(everything, val)

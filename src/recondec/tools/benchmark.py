@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
 from recondec.config import Config
 from recondec.data import Loaders
 from recondec.models import build_loss, build_model

@@ -134,8 +134,8 @@ def probe_lr(module: torch.nn.Module, losses: list[Callable[[], torch.Tensor]], 
         raise ProbeFailed(f"LR probe for {what}: no candidate lowered its reconstruction loss without killing it "
                           f"(relative drop per LR, -inf: diverged or collapsed to a constant output: {tried}). "
                           "Widen schedule.pretrain.lr_candidates, give the LR (schedule.pretrain.lrs.<level>, or "
-                          "schedule.decoder.lr with probe_lr=false), lengthen the probe (schedule.pretrain.probe_steps),"
-                          " or start the decoder elsewhere (backbone.decoder_init=he)")
+                          "schedule.decoder.lr with probe_lr=false), lengthen the probe "
+                          "(schedule.pretrain.probe_steps), or start the decoder elsewhere (backbone.decoder_init=he)")
     return best, drops
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+
 import torch
 
 from recondec.config import LRSchedule, Optimizer, ScheduleConf
