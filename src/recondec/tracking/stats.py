@@ -4,7 +4,10 @@ have detected (its minimum detectable effect at a given power, from the noncentr
 A grid whose seeds pair its runs (same start, same labelled images, same data order) is a paired design: the
 verdict uses the paired t-test on the per-seed differences, whose noise excludes everything the seed fixes. Welch's
 test (unequal variances) is the test for runs that do not pair. A "no difference" is worth what the test could have
-seen: every row reports the smallest true difference its test finds with 80 % power.
+seen: every row reports the smallest true difference its test finds with 80 % power, and whether the data show the
+difference to lie within a margin that does not matter (two one-sided tests, TOST). Planning a grid from a pilot
+uses an upper confidence bound of the pilot's spread: a few seeds' standard deviation is often an underestimate,
+and planning on it gives grids too small to detect what they were sized for.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from typing import Sequence
 
 POWER = 0.8
 CONFIDENCE = 0.95
+EQUIVALENCE_MARGIN = 1.0  # points of top-1: a difference smaller than this is too small to matter here
+PLANNING_CONFIDENCE = 0.8  # the one-sided confidence of the spread a grid is planned on
 
 
 @dataclass(frozen=True)
@@ -25,9 +30,6 @@ class TestResult:
     n: int                       # pairs (paired) or the row's seeds (Welch)
     df: float                    # degrees of freedom of the t statistic
     se: float                    # standard error of the difference
-
-
-NAN_RESULT = TestResult(math.nan, (math.nan, math.nan), math.nan, 0, math.nan, math.nan)
 
 
 def paired_test(diffs: Sequence[float], confidence: float = CONFIDENCE) -> TestResult:
@@ -94,10 +96,62 @@ def minimum_detectable_effect(se: float, df: float, alpha: float, target: float 
 def seeds_for_power(sd_diff: float, delta: float, alpha: float, target: float = POWER, most: int = 1000) -> int:
     """The fewest seeds with which a paired t-test at `alpha` detects `delta` with probability `target`, given
     the standard deviation `sd_diff` of the per-seed differences (a pilot's)."""
-    for n in range(2, most + 1):
-        if power(delta, sd_diff / math.sqrt(n), n - 1, alpha) >= target:
-            return n
-    raise ValueError(f"more than {most} seeds needed for {delta} with a per-seed spread of {sd_diff}")
+    if math.isnan(sd_diff):
+        raise ValueError("no spread to plan on: a pilot needs at least 2 paired seeds")
+    if sd_diff == 0:
+        return 2  # no noise: the fewest a t-test takes
+
+    def enough(n: int) -> bool:
+        return power(delta, sd_diff / math.sqrt(n), n - 1, alpha) >= target
+
+    if not enough(most):
+        raise ValueError(f"more than {most} seeds needed for {delta} with a per-seed spread of {sd_diff}")
+    low, high = 1, most  # power grows with n: bisect for the first n that is enough (low: not enough, or none)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
+
+
+def sd_upper_bound(sd: float, n: int, confidence: float = PLANNING_CONFIDENCE) -> float:
+    """The upper one-sided `confidence` bound of a standard deviation estimated as `sd` from `n` values (normal data:
+    (n - 1) s^2 / sigma^2 is chi-square with n - 1 degrees of freedom); NaN from fewer than 2 values."""
+    from scipy import stats
+
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    return sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
+
+
+def seeds_for_mde(sd_diff: float, n: int, alpha: float, mde: float = EQUIVALENCE_MARGIN, target: float = POWER,
+                  most: int = 1000, confidence: float = PLANNING_CONFIDENCE) -> int:
+    """The seeds a paired grid needs to detect `mde` with probability `target` at two-sided `alpha`, planned on the
+    upper `confidence` bound of the per-seed differences' spread `sd_diff` measured over `n` pilot seeds."""
+    return seeds_for_power(sd_upper_bound(sd_diff, n, confidence), mde, alpha, target, most)
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    margin: float                # the difference too small to matter, in the test's units
+    p: float                     # the larger of the two one-sided p-values
+    equivalent: bool             # p < 1 - CONFIDENCE: the difference lies within +- margin
+
+
+def tost(result: TestResult, margin: float = EQUIVALENCE_MARGIN, alpha: float = 1 - CONFIDENCE) -> Equivalence:
+    """Two one-sided t-tests of `result`'s difference (paired or Welch: its standard error and degrees of freedom):
+    H0 diff <= -margin against diff > -margin, and H0 diff >= margin against diff < margin. Both rejected: the
+    difference is shown to lie within +- margin."""
+    from scipy import stats
+
+    if math.isnan(result.se) or math.isnan(result.diff):
+        return Equivalence(margin, math.nan, False)
+    if result.se == 0:  # no noise: the difference is what it is
+        p = 0.0 if abs(result.diff) < margin else 1.0
+    else:
+        above_lower = stats.t.sf((result.diff + margin) / result.se, result.df)
+        below_upper = stats.t.cdf((result.diff - margin) / result.se, result.df)
+        p = float(max(above_lower, below_upper))
+    return Equivalence(margin, p, p < alpha)
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:
