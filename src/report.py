@@ -1,21 +1,24 @@
 """Every row of one MLflow experiment against its baseline, on the test set: mean ± std over seeds, the paired (or
-Welch's) difference in top-1 with its 95 % interval, Holm's p, the minimum detectable effect and the verdict those
-numbers give; the diagnostics that say whether the unsupervised objective acted. A reconstruction study's
-experiment gets its table and figure instead.
+Welch's) difference in top-1 with its 95 % interval, Holm's p within the comparison's family (the preset's
+pre-registered questions, then the exploratory rest), the minimum detectable effect, the equivalence test and the
+verdict those numbers give; the diagnostics that say whether the unsupervised objective acted; for a loss-weight
+sweep, the dose-response. A reconstruction study's experiment gets its table and figure instead.
 
     python src/report.py lowlabel_fmnist                      # an MLflow experiment -> reports/lowlabel_fmnist/
     python src/report.py finetune_fmnist --sweep multirun/2026-11-25/17-40-00-000000 --out reports/one_grid
     python src/report.py recon_fmnist                         # the reconstruction study's table and figure
+    python src/report.py lowlabel_fmnist --plan --mde 1.0     # the seeds a grid needs, from a pilot's runs
     python src/report.py --docs                               # docs/results.md from every reports/<experiment>/
 """
+from __future__ import annotations
+
 import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from recondec.config import REPO_ROOT  # noqa: E402
+from recondec.config import REPO_ROOT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,31 +29,50 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: $MLFLOW_TRACKING_URI, else the repository's mlflow.db (as the jobs)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/<experiment>)")
     parser.add_argument("--sweep", default=None, help="only the runs of this multirun folder (their 'sweep' tag)")
+    parser.add_argument("--plan", action="store_true",
+                        help="instead of the report: the seeds a grid needs, planned from this pilot experiment's "
+                             "runs (power_plan.md)")
+    parser.add_argument("--mde", type=float, default=1.0,
+                        help="with --plan: the true difference in points of top-1 to detect with 80%% power")
     parser.add_argument("--docs", action="store_true",
                         help="write docs/results.md from every reports/<experiment>/ (after the experiment's report, "
                              "when one is named)")
     return parser
 
 
-def main() -> None:
+def report_experiment(args: argparse.Namespace) -> None:
+    from recondec.tracking.report import latest_study_run, write_power_plan, write_recon_report, write_report
+    from recondec.tracking.runs import require_experiment
+
+    require_experiment(args.tracking_uri, args.experiment)
+    out = args.out or REPO_ROOT / "reports" / args.experiment
+    if args.plan:
+        path = write_power_plan(args.tracking_uri, args.experiment, out, args.sweep, args.mde)
+        print(path.read_text())
+        print(f"written {path}")
+    elif latest_study_run(args.tracking_uri, args.experiment) is not None:
+        print(write_recon_report(args.tracking_uri, args.experiment, out).read_text())
+    else:
+        path, run_id = write_report(args.tracking_uri, args.experiment, out, args.sweep)
+        print(path.read_text())
+        print(f"written to {out} and logged as MLflow run {run_id}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     parser = build_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.experiment is None and not args.docs:
         parser.error("name an experiment, or give --docs")
-    from recondec.tracking.report import latest_study_run, write_recon_report, write_report, write_results_page
+    from recondec.tracking.report import ReportError, write_results_page
 
-    if args.experiment:
-        out = args.out or REPO_ROOT / "reports" / args.experiment
-        if latest_study_run(args.tracking_uri, args.experiment) is not None:
-            path = write_recon_report(args.tracking_uri, args.experiment, out)
-            print(path.read_text())
-        else:
-            path, run_id = write_report(args.tracking_uri, args.experiment, out, args.sweep)
-            print(path.read_text())
-            print(f"written to {out} and logged as MLflow run {run_id}")
+    try:
+        if args.experiment:
+            report_experiment(args)
+    except ReportError as e:  # what is stored cannot make this report: say why in one line, not a traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     if args.docs:
-        page = write_results_page(REPO_ROOT / "reports", REPO_ROOT / "docs" / "results.md")
-        print(f"written {page}")
+        print(f"written {write_results_page(REPO_ROOT / 'reports', REPO_ROOT / 'docs' / 'results.md')}")
 
 
 if __name__ == "__main__":

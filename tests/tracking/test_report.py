@@ -9,8 +9,10 @@ import mlflow
 import pytest
 from scipy import stats
 
+from recondec.tracking.comparisons import compare, finish_family, verdict
 from recondec.tracking.mlflow_logger import set_experiment
-from recondec.tracking.report import Stat, collect, compare, finish_family, finished_runs, verdict, write_report
+from recondec.tracking.report import write_report
+from recondec.tracking.runs import Stat, collect, finished_runs
 from recondec.tracking.stats import minimum_detectable_effect, paired_test, power, seeds_for_power, welch_test
 
 TOP1 = {"baseline": [90.0, 90.5, 91.0], "swwae_all": [93.0, 93.2, 92.9], "sae_first": [90.2, 91.1, 89.9]}
@@ -66,7 +68,7 @@ def test_report_aggregates_the_last_test_values_mlflow_stores(store, tmp_path):
     assert "| baseline | 3 | 20.00 ± 0.00 | 20.00 ± 10.00 |" in text  # the diagnostics table, in %
     # the seeds pair the runs: the verdict is the paired test's
     c = compare(table["swwae_all"]["test/top1"], table["baseline"]["test/top1"])
-    d = [b - a for a, b in zip(TOP1["baseline"], TOP1["swwae_all"])]
+    d = [b - a for a, b in zip(TOP1["baseline"], TOP1["swwae_all"], strict=True)]
     assert c.design == "paired" and c.p == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
     row = next(line for line in text.splitlines() if line.startswith("| swwae_all | paired over 3 seeds"))
     assert f"| {c.diff:+.2f} | [{c.ci[0]:+.2f}, {c.ci[1]:+.2f}] |" in row
@@ -75,8 +77,12 @@ def test_report_aggregates_the_last_test_values_mlflow_stores(store, tmp_path):
     assert (tmp_path / "out" / "accuracy_per_variant.png").stat().st_size > 1000
     records = json.loads((tmp_path / "out" / "comparisons.json").read_text())["comparisons"]
     swwae = next(r for r in records if r["row"] == "swwae_all")
-    assert swwae["design"] == "paired" and swwae["diff"] == pytest.approx(c.diff) and swwae["family"] == 3
+    assert swwae["design"] == "paired" and swwae["diff"] == pytest.approx(c.diff) and len(swwae["family"]) == 3
     assert swwae["mde"] == pytest.approx(minimum_detectable_effect(c.test.se, c.test.df, 0.05 / 3))
+    # nothing pre-registered: today's two families, each labelled so
+    assert {(r["family_name"], r["preregistered"]) for r in records} == {
+        ("against the baseline", False), ("with against without the unlabelled images", False)}
+    assert swwae["family"] == ["sae_first", "swwae_all", "swwae_all+unlabelled"]
     summary = mlflow.get_run(run_id)
     assert summary.data.tags["summary"] == "true"
     assert summary.info.experiment_id == mlflow.get_experiment_by_name("grid").experiment_id
@@ -103,7 +109,7 @@ def test_paired_and_welch_tests_are_scipys():
     welch = welch_test(a, b)
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert welch.p == pytest.approx(ref.pvalue) and welch.ci == pytest.approx(tuple(ref.confidence_interval(0.95)))
-    d = [x - y for x, y in zip(a, b)]
+    d = [x - y for x, y in zip(a, b, strict=True)]
     paired = paired_test(d)
     ref = stats.ttest_1samp(d, 0.0)
     assert paired.p == pytest.approx(ref.pvalue) and paired.ci == pytest.approx(tuple(ref.confidence_interval(0.95)))
@@ -140,7 +146,7 @@ def test_holm_adjusts_the_p_values_the_verdicts_use_and_the_mde_uses_the_familys
     assert ranked[1].p_holm == pytest.approx(max(ranked[0].p_holm, min(1, 2 * ranked[1].p)))
     assert ranked[2].p_holm == pytest.approx(max(ranked[1].p_holm, ranked[2].p))
     for c in comps.values():
-        assert c.family == 3 and c.mde == pytest.approx(minimum_detectable_effect(c.test.se, c.test.df, 0.05 / 3))
+        assert len(c.family) == 3 and c.mde == pytest.approx(minimum_detectable_effect(c.test.se, c.test.df, 0.05 / 3))
 
 
 def test_verdicts_follow_holms_p_and_say_what_the_seeds_could_miss():
@@ -149,7 +155,7 @@ def test_verdicts_follow_holms_p_and_say_what_the_seeds_could_miss():
     assert "one seed" in verdict(one)
 
     def judged(values):
-        c = compare(Stat(dict(zip("012", values))), base)
+        c = compare(Stat(dict(zip("012", values, strict=True))), base)
         finish_family({"x": c})
         return c
 
@@ -173,6 +179,7 @@ def test_unknown_experiment_is_a_clear_error(tmp_path):
 
 def test_the_results_page_is_generated_from_the_reports_and_links_what_exists(store, tmp_path):
     from recondec.tracking.report import write_results_page
+    from recondec.tracking.results_page import SCOPE_FILE
 
     reports = tmp_path / "reports"
     write_report(store, "grid", reports / "lowlabel_fmnist")  # one label budget of the across-budget plot
@@ -186,9 +193,25 @@ def test_the_results_page_is_generated_from_the_reports_and_links_what_exists(st
     mdes = [c["mde"] for c in comparisons if c["against"] == "baseline"]
     assert (f"- lowlabel_fmnist (10 per class, from scratch): its rows' MDE against the baseline (80 % power) runs "
             f"from {min(mdes):.2f} to {max(mdes):.2f} points of top-1") in text
+    assert SCOPE_FILE.read_text().strip() in text  # the prose of docs/results_scope.md, verbatim
     assert "They do not say what the paper's claim" in text
     assert (reports / "label_budgets.png").stat().st_size > 1000
     import re
 
     for link in re.findall(r"\]\(([^)]+)\)", text):
         assert (page.parent / link).resolve().is_file(), link
+
+
+def test_the_results_page_still_reads_the_reports_an_earlier_version_wrote(tmp_path):
+    """The committed reports/ predate the families, the equivalence tests and the per-seed rows."""
+    import shutil
+
+    from recondec.config import REPO_ROOT
+    from recondec.tracking.report import write_results_page
+
+    reports = shutil.copytree(REPO_ROOT / "reports", tmp_path / "reports")  # the page writes its plot beside them
+    text = write_results_page(reports, tmp_path / "docs" / "results.md").read_text()
+    for folder in sorted(reports.glob("*/comparisons.json")):
+        for c in json.loads(folder.read_text())["comparisons"]:
+            against = "" if c["against"] == "baseline" else f" (vs {c['against']})"
+            assert f"| {folder.parent.name} | {c['row']}{against} | {c['diff']:+.2f} |" in text

@@ -1,0 +1,206 @@
+"""The runs a report reads from MLflow, and their numbers per row and seed.
+
+A run's row is its variant, "<variant>+unlabelled" for semi-supervised runs (tag ``row``), and "<row>@<scale>" when
+its reconstruction weights were multiplied (tag ``loss_scale``): runs at different loss weights are different arms.
+One run per (row, seed) counts: when a grid was run twice into one experiment, the newest finished run of each pair
+is used (``--sweep`` restricts the report to one multirun folder).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from statistics import mean, stdev
+from typing import Optional
+
+import mlflow
+
+from recondec.config import variant_names
+from recondec.tracking.stats import CONFIDENCE
+
+BASELINE = "baseline"
+UNLABELLED = "+unlabelled"
+SUMMARY_TAG = "summary"
+VARIANT_ORDER = variant_names()
+# the metrics beyond val/ and test/ that a report shows (throughput, and whether the decoders' objective acted)
+SPEED_METRICS = ("train/img_per_s",)
+DIAGNOSTIC_METRICS = ("grad_share/recon/first_conv", "grad_share/recon/last_conv",
+                      "run_median/grad_share/recon/first_conv", "encoder/rel_change")
+MEDIAN_SHARE = "run_median/grad_share/recon/first_conv"
+
+
+class ReportError(ValueError):
+    """A report that cannot be made from what is stored (no such experiment, no runs, runs that disagree): a
+    one-line message for the command line, not a bug."""
+
+
+@dataclass
+class Stat:
+    """One metric of one row: its value per seed, and each seed's run's pairing tag."""
+    by_seed: dict[str, float] = field(default_factory=dict)
+    pairing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def values(self) -> list[float]:
+        return list(self.by_seed.values())
+
+    @property
+    def n(self) -> int:
+        return len(self.by_seed)
+
+    @property
+    def mean(self) -> float:
+        return mean(self.values)
+
+    @property
+    def std(self) -> float:
+        return stdev(self.values) if self.n > 1 else 0.0
+
+    def ci(self) -> tuple[float, float]:
+        """Confidence interval of the mean (t distribution)."""
+        from scipy import stats
+
+        if self.n < 2:
+            return (math.nan, math.nan)
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * self.std / math.sqrt(self.n)
+        return (self.mean - half, self.mean + half)
+
+    def fmt(self, digits: int = 2, scale: float = 1.0) -> str:
+        if not self.by_seed:
+            return "-"
+        m, s = self.mean * scale, self.std * scale
+        return f"{m:.{digits}f} ± {s:.{digits}f}" if self.n > 1 else f"{m:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------- row names
+def row_name(run) -> str:
+    """A run's row: its tag "row" (else its variant), with "@<loss scale>" when the run multiplied its
+    reconstruction weights."""
+    tags = run.data.tags
+    row = tags.get("row", tags["variant"])
+    return f"{row}@{tags['loss_scale']}" if "loss_scale" in tags else row
+
+
+def split_scale(row: str) -> tuple[str, Optional[float]]:
+    """"swwae_all+unlabelled@10" -> ("swwae_all+unlabelled", 10.0); a row without "@" has no scale (None)."""
+    name, at, scale = row.partition("@")
+    return name, (float(scale) if at else None)
+
+
+def without_unlabelled(row: str) -> str:
+    """The row the same variant at the same loss scale makes without the unlabelled images."""
+    return row.replace(UNLABELLED, "")
+
+
+def seed_order(seed) -> tuple:
+    """Seeds in numeric order ("2" before "10"), names (a run id where a run has no seed tag) after."""
+    text = str(seed)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def ordered(rows) -> list[str]:
+    """Rows in the paper's variant order, without the unlabelled images before with them, by loss scale."""
+    def key(row: str):
+        name, scale = split_scale(row)
+        variant = name.split("+")[0]
+        rank = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+        return (rank, variant, UNLABELLED in name, 1.0 if scale is None else scale, row)
+
+    return sorted(rows, key=key)
+
+
+# ---------------------------------------------------------------------------------------------- MLflow
+def experiment_names(tracking_uri: str) -> list[str]:
+    mlflow.set_tracking_uri(tracking_uri)
+    return sorted(e.name for e in mlflow.search_experiments())
+
+
+def require_experiment(tracking_uri: str, experiment: str) -> None:
+    """Raise a ReportError naming the experiments that exist when `experiment` is not one of them."""
+    names = experiment_names(tracking_uri)
+    if experiment not in names:
+        raise ReportError(f"no MLflow experiment named {experiment!r} in {tracking_uri}; the experiments there: "
+                          f"{', '.join(names) or 'none'}")
+
+
+def finished_runs(tracking_uri: str, experiment: str, sweep: Optional[str] = None) -> list:
+    """The newest finished run per (row, seed) of `experiment` (of one sweep folder, if given); summary runs
+    and the cached classifiers' runs are not variants."""
+    require_experiment(tracking_uri, experiment)
+    query = "attributes.status = 'FINISHED'" + (f" and tags.sweep = '{sweep}'" if sweep else "")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, output_format="list",
+                              order_by=["attributes.start_time DESC"])
+    newest: dict[tuple[str, str], object] = {}
+    for r in runs:
+        tags = r.data.tags
+        if SUMMARY_TAG in tags or tags.get("role") == "classifier" or "variant" not in tags:
+            continue
+        newest.setdefault((row_name(r), tags.get("seed", r.info.run_id)), r)
+    return list(newest.values())
+
+
+def latest_study_run(tracking_uri: str, experiment: str):
+    """The newest finished reconstruction-study parent run of `experiment`, or None."""
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return None
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                              filter_string="tags.role = 'study' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def _kept(key: str) -> bool:
+    return key.startswith(("val/", "test/")) or key in SPEED_METRICS or key in DIAGNOSTIC_METRICS
+
+
+def collect(runs) -> dict[str, dict[str, Stat]]:
+    """row -> metric -> Stat (the last logged value of each run, keyed by its seed)."""
+    table: dict[str, dict[str, Stat]] = {}
+    for run in runs:
+        stats = table.setdefault(row_name(run), {})
+        seed = run.data.tags.get("seed", run.info.run_id)
+        for key, value in run.data.metrics.items():
+            if _kept(key):
+                stat = stats.setdefault(key, Stat())
+                stat.by_seed[seed] = value
+                stat.pairing[seed] = run.data.tags.get("pairing", "")
+    return table
+
+
+def reported_split(table) -> str:
+    """"test" when the runs have test metrics (the numbers a paper would report), else "val"."""
+    return "test" if any("test/top1" in stats for stats in table.values()) else "val"
+
+
+def top1(table) -> str:
+    """The metric every comparison is about: top-1 of the reported split."""
+    return f"{reported_split(table)}/top1"
+
+
+# ---------------------------------------------------------------------------------------------- tags of the grid
+def common_tag(runs, key: str) -> Optional[str]:
+    """The value of tag `key` that every run carrying it carries (None when none does); runs that disagree are two
+    grids in one experiment, which one report cannot read as one."""
+    found = sorted({r.data.tags[key] for r in runs if key in r.data.tags})
+    if len(found) > 1:
+        raise ReportError(f"the runs carry {len(found)} different {key!r} tags: {' | '.join(found)}; report one grid "
+                          "at a time (--sweep) or re-run the runs with the other value")
+    return found[0] if found else None
+
+
+def preregistered(runs) -> Optional[dict[str, list[str]]]:
+    """The comparisons the preset fixed before its grid (tag "preregistered": family -> entries), or None."""
+    tag = common_tag(runs, "preregistered")
+    return None if tag is None else json.loads(tag)
+
+
+def baseline_target(runs) -> Optional[float]:
+    """The baseline's top-1 (%) the preset says a competent recipe reaches here (tag "baseline_target"), or None."""
+    tag = common_tag(runs, "baseline_target")
+    return None if tag is None else float(tag)
+
+
+def common_param(runs, key: str) -> Optional[str]:
+    found = {r.data.params.get(key) for r in runs}
+    return found.pop() if len(found) == 1 else None
