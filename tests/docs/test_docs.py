@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -113,3 +112,12 @@ def test_every_override_the_docs_show_composes(page, span, tmp_path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         compose("config", overrides=[f"output_dir={tmp_path}", *span.split()])
+
+
+def test_the_results_page_holds_the_scope_prose_as_docs_results_scope_md_has_it():
+    """docs/results.md is generated (`python src/report.py --docs`); what no grid here can say is prose in
+    docs/results_scope.md, included verbatim: prose edited without regenerating the page fails here."""
+    from recondec.tracking.results_page import SCOPE_FILE
+
+    assert SCOPE_FILE.parent == REPO_ROOT / "docs"
+    assert SCOPE_FILE.read_text().strip() in (REPO_ROOT / "docs" / "results.md").read_text()
