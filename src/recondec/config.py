@@ -483,7 +483,7 @@ class ReportConf(Checked):
 
     def check(self, at: str) -> None:
         for family, rows in self.preregistered.items():
-            _require(bool(rows) and all(re.fullmatch(r"[\w+.-]+( vs [\w+.-]+)?", r) for r in rows),
+            _require(bool(rows) and all(re.fullmatch(r"[\w+.@-]+( vs [\w+.@-]+)?", r) for r in rows),
                      f"{at}.preregistered.{family}", 'a non-empty list of "<row>" or "<row> vs <reference row>"',
                      rows)
 

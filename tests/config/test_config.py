@@ -1,4 +1,5 @@
 """Config composition (Hydra's compose API) and the named errors for bad values."""
+import json
 import re
 import subprocess
 import sys
@@ -179,3 +180,20 @@ def test_what_a_data_set_allows_comes_from_its_kind(compose_cfg, overrides, key)
     """digits is built in (memory or ffcv); folder and a name of your own are image folders (a root, no memory)."""
     with pytest.raises(ConfigError, match=rf"{key}=.* is invalid"):
         validate(compose_cfg(*overrides))
+
+
+def test_a_preregistration_names_rows_or_row_pairs_and_is_tagged_on_every_run(compose_cfg):
+    from recondec.job import JobInfo, build_tracker
+
+    cfg = validate(compose_cfg("+report.preregistered.decoders=[swwae_all@10,sae_all@3 vs baseline]",
+                               "report.baseline_target=84"))
+    assert cfg.report.preregistered == {"decoders": ["swwae_all@10", "sae_all@3 vs baseline"]}
+    tracker = build_tracker(cfg, JobInfo(overrides=[]), None)
+    try:
+        tags = tracker.run.data.tags
+        assert json.loads(tags["preregistered"]) == cfg.report.preregistered and tags["baseline_target"] == "84"
+    finally:
+        tracker.finish()
+    for bad in ("[]", "['swwae_all against baseline']"):
+        with pytest.raises(ConfigError, match=r"report.preregistered.decoders=.* is invalid"):
+            validate(compose_cfg(f"+report.preregistered.decoders={bad}"))
