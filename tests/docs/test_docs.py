@@ -82,7 +82,7 @@ def test_the_readme_opens_with_the_two_set_up_commands_that_ci_runs():
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
     assert block == [". .ci/setup.sh && python src/main.py",
-                     ". .ci/setup.sh && python -m pytest && python -m pytest -m slow"]
+                     ". .ci/setup.sh && ruff check && python -m pytest && python -m pytest -m slow"]
     assert block[1] in (REPO_ROOT / ".ci" / "run").read_text()
     assert len(readme.splitlines()) <= 200
 
