@@ -138,6 +138,27 @@ def test_multirun_of_two_jobs_gives_two_child_runs_of_one_parent(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
 
 
+@pytest.mark.slow
+def test_the_submitit_launcher_runs_the_jobs_in_worker_processes_that_import_the_installed_package(tmp_path):
+    """Hydra's submitit launchers (submitit_local here, SLURM on a cluster) unpickle the job in a fresh worker that
+    must import recondec by name: with the package installed, both jobs finish and nest under the sweep's run."""
+    db = tmp_path / "mlflow.db"
+    cmd = [sys.executable, "src/main.py", "-m", "hydra/launcher=submitit_local", "variant=baseline,swwae_all", *TINY,
+           "trainer.max_steps_per_epoch=1", f"logger.tracking_uri=sqlite:///{db}", "logger.experiment=submitit",
+           f"hydra.sweep.dir={tmp_path}/sweep"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(cmd, cwd=REPO_ROOT, timeout=580, capture_output=True, text=True, env=env)
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.err"))
+    assert out.returncode == 0, out.stderr[-2000:] + logs[-2000:]
+    assert "ModuleNotFoundError" not in logs
+    runs = runs_of(db, "submitit")
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("role") != "sweep"]
+    assert sorted(r.data.tags["variant"] for r in jobs) == ["baseline", "swwae_all"]
+    assert {r.info.status for r in jobs} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+
+
 def test_validation_selects_and_the_test_set_is_read_once_at_the_end(compose_cfg, tmp_path, monkeypatch):
     from recondec.training.evaluate import Evaluator
     from recondec.training.loop import Trainer
