@@ -247,8 +247,11 @@ class LossConf(Checked):
     # weight per level, in the chosen form; levels a variant does not use are ignored
     weights: dict[str, float] = weight(factory=dict)
     default_weight: Optional[float] = weight(None, null="feature levels without a weight are an error")
-    # multiplies every reconstruction weight above: one knob for a dose-response sweep (loss.scale=0.1,1,10,100)
-    scale: float = weight(1.0)
+    # multiplies every reconstruction weight above: one knob for a dose-response sweep (loss.scale=0.1,1,10,100).
+    # null: the variant's entry in scale_per_variant, else 1 (filled in by the checks, so a run records its scale)
+    scale: Optional[float] = weight(None, null="scale_per_variant's entry for the variant, else 1")
+    # a grid's arms, each variant at the scale its dose-response curve chose: variant name -> scale
+    scale_per_variant: dict[str, float] = weight(factory=dict)
 
 
 @dataclass
@@ -595,6 +598,8 @@ def check_schema(composed: DictConfig) -> Config:
         _require(cfg.schedule.unlabelled_batch_size % cfg.trainer.devices == 0, "schedule.unlabelled_batch_size",
                  f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)",
                  cfg.schedule.unlabelled_batch_size)
+    if cfg.loss.scale is None:  # an explicit loss.scale (a dose-response sweep) wins over the grid's table
+        cfg.loss.scale = cfg.loss.scale_per_variant.get(cfg.variant.name, 1.0)
     for schedule, at in ((cfg.schedule, "schedule"), (cfg.classifier.schedule, "classifier.schedule")):
         if schedule is not None:
             schedule.train_crop = _train_crop(schedule.train_crop, cfg.data.loader, f"{at}.train_crop")

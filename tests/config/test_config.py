@@ -197,3 +197,25 @@ def test_a_preregistration_names_rows_or_row_pairs_and_is_tagged_on_every_run(co
     for bad in ("[]", "['swwae_all against baseline']"):
         with pytest.raises(ConfigError, match=r"report.preregistered.decoders=.* is invalid"):
             validate(compose_cfg(f"+report.preregistered.decoders={bad}"))
+
+
+def test_a_grid_gives_each_variant_its_own_scale_and_an_explicit_scale_wins(compose_cfg):
+    table = "+loss.scale_per_variant={swwae_all:100,sae_all:30}"
+    assert validate(compose_cfg(table, "variant=swwae_all")).loss.scale == 100
+    assert validate(compose_cfg(table, "variant=sae_all")).loss.scale == 30
+    assert validate(compose_cfg(table, "variant=swwae_first")).loss.scale == 1.0  # not in the table
+    assert validate(compose_cfg(table, "variant=swwae_all", "loss.scale=10")).loss.scale == 10  # a dose-response
+    with pytest.raises(ConfigError, match=r"loss.scale_per_variant.sae_all=-1.* is invalid"):
+        validate(compose_cfg("+loss.scale_per_variant={sae_all:-1}", "variant=sae_all"))
+
+
+def test_the_scale_multiplies_every_reconstruction_weight(compose_cfg):
+    from recondec.models import build_loss, build_model
+
+    def weights(*overrides):
+        cfg = validate(compose_cfg("variant=swwae_all", *overrides))
+        return build_loss(build_model(cfg.backbone, cfg.variant, 10), cfg.loss, cfg.data.std).weights
+
+    plain, scaled = weights(), weights("loss.scale=30")
+    assert set(plain) == set(scaled) == {"image", "pool1", "pool2", "pool3", "pool4"}
+    assert all(scaled[k] == pytest.approx(30 * plain[k]) for k in plain)

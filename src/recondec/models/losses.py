@@ -35,13 +35,14 @@ def convert_weight(weight: float, numel_per_sample: int, to: LossForm) -> float:
 
 
 def resolve_weights(levels: list[str], loss: LossConf) -> dict[str, float]:
+    scale = 1.0 if loss.scale is None else loss.scale  # a LossConf made without the checks
     weights = {}
     for level in levels:
         w = loss.weights.get(level, None if level == "image" else loss.default_weight)
         if w is None:
             raise ConfigError(f"loss.weights.{level} is missing: the variant reconstructs {levels}; give a weight "
                               f"for each (or loss.default_weight for feature levels)")
-        weights[level] = float(w) * loss.scale
+        weights[level] = float(w) * scale
     return weights
 
 
