@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from recondec.checks import as_dict, as_yaml
-from recondec.config import Config
+from recondec.config import Config, ConfigError
 from recondec.data import build_loaders
 from recondec.models import build_loss, build_model
 from recondec.tracking.base import Tracker
@@ -139,8 +139,9 @@ def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
                  found[1]["step"])
         return found[1]
     state = ckpt.load_valid(Path(cfg.resume))
-    if state is None:
-        raise FileNotFoundError(f"resume={cfg.resume}: not a readable checkpoint")
+    if state is None:  # before the MLflow run exists: one line, exit status 2, like every bad value
+        raise ConfigError(f"resume={cfg.resume!r} is invalid: allowed auto, or a readable checkpoint file (a last.pt "
+                          "or best.pt of an earlier run)")
     return state
 
 

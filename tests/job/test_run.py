@@ -221,3 +221,16 @@ def test_the_package_imports_from_any_folder(tmp_path):
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(REPO_ROOT / "src" / "recondec")
+
+
+@pytest.mark.parametrize("study", ["train", "eval"])
+def test_an_unreadable_resume_is_refused_before_any_mlflow_run(compose_cfg, tmp_path, study):
+    from recondec.config import ConfigError
+
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    overrides = [*TINY, f"study={study}", f"resume={bad}", "logger.experiment=refused"]
+    with pytest.raises(ConfigError, match=r"resume='.*last.pt' is invalid: allowed auto, or a readable checkpoint"):
+        run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # the test's store, never the repository's
+    assert client.get_experiment_by_name("refused") is None
