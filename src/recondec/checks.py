@@ -29,6 +29,8 @@ def validate(composed: DictConfig) -> Config:
     """The typed config, every check passed, data.mean / data.std filled in."""
     cfg = check_schema(composed)
     check_backbone(cfg.backbone)
+    if cfg.data.num_classes is None:
+        cfg.filled.append("data.num_classes")
     check_data(cfg.data)
     check_split(cfg)
     fill_normalisation(cfg)
@@ -36,11 +38,19 @@ def validate(composed: DictConfig) -> Config:
 
 
 def derive(cfg: Config, changes: dict[str, Any]) -> Config:
-    """A sub-job's config: `cfg` with `changes` (dotted keys; a dict value merges into that group, typed by the
-    schema), validated again. `cfg` itself is left as it is."""
+    """A sub-job's config: `cfg` with `changes` (dotted keys), validated again; `cfg` itself is left as it is. A dict
+    value for a config group (`variant`, `schedule`) merges into it, typed by the schema; for a plain dict
+    (`logger.tags`, `report.preregistered`) it replaces it. What the checks filled in (`cfg.filled`) and `changes`
+    does not set is worked out again for the new job."""
     node = OmegaConf.structured(cfg)
+    for key in cfg.filled:
+        if key not in changes:
+            OmegaConf.update(node, key, None, merge=False)
+    node.filled = []
     for key, value in changes.items():
-        OmegaConf.update(node, key, value, merge=isinstance(value, dict))
+        current = OmegaConf.select(node, key)
+        group = isinstance(value, dict) and OmegaConf.is_config(current) and OmegaConf.get_type(current) is not dict
+        OmegaConf.update(node, key, value, merge=group)
     return validate(node)
 
 
@@ -50,8 +60,7 @@ def as_dict(cfg: Config) -> dict:
 
 
 def as_yaml(cfg: Config) -> str:
-    """The config as YAML: a run's config_resolved.yaml, which `python src/main.py --config-path` style tools and
-    readers take as what the run used."""
+    """The config as YAML: a run's config_resolved.yaml, every value the run used."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
@@ -113,6 +122,7 @@ def fill_normalisation(cfg: Config) -> None:
     """data.mean / data.std left null: those of the torchvision weights named by backbone.pretrained (their
     transforms' metadata), else ImageNet's. (Their resize / crop sizes, 256 / 224 for every weights of the
     torchvision backbones here, are the loaders' fixed 256/224 ratio and backbone.image_size.)"""
+    cfg.filled += [f"data.{key}" for key in ("mean", "std") if getattr(cfg.data, key) is None]
     if cfg.data.mean is not None and cfg.data.std is not None:
         return
     mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -506,6 +506,9 @@ class Config:
     recon: ReconStudyConf = field(default_factory=ReconStudyConf)
     classifier: ClassifierConf = field(default_factory=ClassifierConf)
     report: ReportConf = field(default_factory=ReportConf)
+    # keys the checks filled in because they were null (the loader's augmentation, the variant's loss scale, the
+    # normalisation, an image folder's classes): a derived sub-job (checks.derive) works them out again
+    filled: list[str] = field(default_factory=list)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -598,11 +601,18 @@ def check_schema(composed: DictConfig) -> Config:
         _require(cfg.schedule.unlabelled_batch_size % cfg.trainer.devices == 0, "schedule.unlabelled_batch_size",
                  f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)",
                  cfg.schedule.unlabelled_batch_size)
+    unknown = sorted(set(cfg.loss.scale_per_variant) - set(variant_names()))
+    _require(not unknown, "loss.scale_per_variant", f"variant names as keys (of {variant_names()})", unknown)
     if cfg.loss.scale is None:  # an explicit loss.scale (a dose-response sweep) wins over the grid's table
         cfg.loss.scale = cfg.loss.scale_per_variant.get(cfg.variant.name, 1.0)
+        cfg.filled.append("loss.scale")
     for schedule, at in ((cfg.schedule, "schedule"), (cfg.classifier.schedule, "classifier.schedule")):
+        if schedule is not None and schedule.train_crop is None:
+            cfg.filled.append(f"{at}.train_crop")
         if schedule is not None:
             schedule.train_crop = _train_crop(schedule.train_crop, cfg.data.loader, f"{at}.train_crop")
+    _require(cfg.study != Study.eval or cfg.resume is not None, "resume", "a checkpoint (or auto) for study=eval: "
+             "the model it evaluates", cfg.resume)
     per_rank, rest = divmod(cfg.schedule.batch_size, cfg.trainer.devices)
     _require(rest == 0 and per_rank > 0, "schedule.batch_size",
              f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)", cfg.schedule.batch_size)

@@ -132,6 +132,9 @@ def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
         return None
     if cfg.resume == "auto":
         found = ckpt.find_latest(cfg.output_dir) or _find_in_earlier_runs(cfg, info)
+        if found is None and cfg.study == "eval":
+            raise ConfigError("resume=auto is invalid for study=eval here: no checkpoint of this run was found; "
+                              "allowed a checkpoint file")
         if found is None:
             log.info("resume=auto: no valid checkpoint of this run, starting fresh")
             return None
@@ -194,6 +197,7 @@ def launch(cfg: Config, info: JobInfo, work: Work, env: Optional[DistEnv] = None
     ranks. Rank 0's result is returned."""
     env = env or distributed.env_from_launcher()  # torchrun / SLURM tasks are ranks already
     if cfg.trainer.devices > 1 and not env.enabled:
+        find_resume_state(cfg, info)  # a bad resume= fails here, as one line, not inside the spawned ranks
         return JobResult(**distributed.spawn(_spawned_rank, cfg.trainer.devices, cfg, info, work))
     return run_rank(cfg, info, work, env)
 

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from recondec.checks import validate
-from recondec.config import CONF_DIR, REPO_ROOT, ConfigError
+from recondec.config import CONF_DIR, REPO_ROOT, ConfigError, variant_option
 
 GROUPS = ["backbone", "variant", "loss", "schedule", "data", "trainer", "logger", "experiment"]
 NEEDS_DATA = {"imagenet", "folder"}  # need data.root to validate
@@ -219,3 +219,28 @@ def test_the_scale_multiplies_every_reconstruction_weight(compose_cfg):
     plain, scaled = weights(), weights("loss.scale=30")
     assert set(plain) == set(scaled) == {"image", "pool1", "pool2", "pool3", "pool4"}
     assert all(scaled[k] == pytest.approx(30 * plain[k]) for k in plain)
+
+
+def test_derive_works_out_again_what_the_checks_filled_in_and_leaves_the_callers_config_alone(compose_cfg):
+    from recondec.checks import derive
+
+    cfg = validate(compose_cfg("+loss.scale_per_variant={swwae_all:100}", "variant=baseline",
+                               "+logger.tags.grid=k100", "+report.preregistered.q=[swwae_all]"))
+    assert cfg.loss.scale == 1.0 and "loss.scale" in cfg.filled
+    job = derive(cfg, {"variant": variant_option("swwae_all"), "logger.tags": {"role": "classifier"},
+                       "report.preregistered": {}})
+    assert job.loss.scale == 100  # the table's entry for the new variant, not the baseline's filled-in 1
+    assert job.logger.tags == {"role": "classifier"} and job.report.preregistered == {}  # plain dicts: replaced
+    assert job.variant.name == "swwae_all" and job.variant.unpool.value == "switch"  # a group: merged and typed
+    assert (cfg.variant.name, cfg.loss.scale, cfg.logger.tags) == ("baseline", 1.0, {"grid": "k100"})
+    assert derive(cfg, {"loss.scale": 3.0}).loss.scale == 3.0  # what the change sets is kept
+    memory = derive(cfg, {})
+    assert memory.schedule.train_crop.value == "none"
+    assert derive(cfg, {"data.loader": "ffcv"}).schedule.train_crop.value == "random_resized"  # the new loader's
+
+
+def test_study_eval_needs_a_checkpoint(compose_cfg):
+    with pytest.raises(ConfigError, match=r"resume=None is invalid: allowed a checkpoint \(or auto\) for study=eval"):
+        validate(compose_cfg("study=eval"))
+    with pytest.raises(ConfigError, match=r"loss.scale_per_variant=\['swwae_al'\] is invalid"):
+        validate(compose_cfg("+loss.scale_per_variant={swwae_al:10}"))

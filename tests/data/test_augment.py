@@ -1,4 +1,4 @@
-"""Augmentation of the built-in sets (schedule.train_crop=pad_crop): a pure function of (seed, epoch, batch), so
+"""Augmentation of the built-in sets (schedule.train_crop=pad_crop): a pure function of (seed, epoch, rank, batch), so
 every arm of a seed sees the same images and a resumed run the batches it would have seen."""
 import pytest
 import torch
@@ -52,7 +52,7 @@ def test_augmentation_differs_across_seeds_and_epochs_and_is_off_by_default(comp
                              None).loaders.train
 
     seed0, seed1 = loader(0), loader(1)
-    assert seed0.pad_crop == 2
+    assert seed0.crop_padding == 2
     # the same images in the same order (split_seed and the order seed differ only through trainer.seed: compare
     # one image's crops instead): the sample orders differ, so compare the augmentation stream directly
     g0, g1 = batch_generator(seed0.seed, 0, 0, 0), batch_generator(seed1.seed, 0, 0, 0)
@@ -60,7 +60,7 @@ def test_augmentation_differs_across_seeds_and_epochs_and_is_off_by_default(comp
     e0, e1 = epoch_batches(seed0, 0), epoch_batches(seed0, 1)
     assert not torch.equal(e0[0], e1[0])
     plain = loader(0, "schedule.train_crop=null")
-    assert plain.pad_crop is None
+    assert plain.crop_padding is None
     # the un-augmented batch holds the same images as the augmented one, before the crop
     plain.set_epoch(0)
     x_plain, y_plain = next(iter(plain))
@@ -89,4 +89,4 @@ def test_the_default_augmentation_is_filled_in_per_loader(compose_cfg):
     assert validate(compose_cfg()).schedule.train_crop is TrainCrop.none
     assert validate(compose_cfg("data.loader=ffcv")).schedule.train_crop is TrainCrop.random_resized
     loaders = build_loaders(validate(compose_cfg(*TINY)).data, 32, 16, 0)  # a caller that names none
-    assert loaders.train.pad_crop is None
+    assert loaders.train.crop_padding is None

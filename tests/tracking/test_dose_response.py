@@ -29,3 +29,22 @@ def test_the_chosen_scale_is_the_best_difference_among_the_scales_that_reach_two
     assert "**swwae_all**: chosen scale 100" in text and "**sae_first**: chosen scale none" in text
     chosen_lines = [line for line in text.splitlines() if line.endswith("| yes |")]
     assert len(chosen_lines) == 1 and chosen_lines[0].startswith("| swwae_all | 100 |")
+
+
+def test_a_preregistered_scale_names_the_row_however_the_number_is_written():
+    from recondec.tracking.comparisons import parse_entry
+
+    assert parse_entry("swwae_all@10.0") == ("swwae_all@10", "baseline")
+    assert parse_entry("swwae_all+unlabelled@1e2 vs swwae_all@100") == ("swwae_all+unlabelled@100", "swwae_all@100")
+
+
+def test_a_pilot_on_validation_stays_off_the_results_page(tmp_path):
+    import json
+
+    from recondec.tracking.results_page import _reports
+
+    for name, split in (("grid", "test"), ("grid_dose", "val")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.md").write_text(f"# {name}\n")
+        (tmp_path / name / "comparisons.json").write_text(json.dumps({"split": split, "comparisons": []}))
+    assert [p.name for p in _reports(tmp_path)] == ["grid"]

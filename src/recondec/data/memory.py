@@ -1,5 +1,5 @@
 """In-memory loader for the built-in data sets: tensors resized once, shuffled by (seed, epoch), training batches
-augmented (schedule.train_crop=pad_crop) by (seed, epoch, batch).
+augmented (schedule.train_crop=pad_crop) by (seed, epoch, rank, batch).
 
 The order of every epoch is a pure function of (seed, epoch), and each batch's augmentation of (seed, epoch, rank,
 batch), so a run resumed mid-epoch can skip the batches it already saw and continue bit for bit.
@@ -30,8 +30,8 @@ class MemoryLoader:
 
     def __init__(self, split: ArraySplit, image_size: int, batch_size: int, mean, std, *, shuffle: bool,
                  seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 pad_crop: Optional[int] = None):
-        """`pad_crop`: augment every batch by that many pixels of padding, a random crop and a flip (None: off)."""
+                 crop_padding: Optional[int] = None):
+        """`crop_padding`: augment every batch by that many pixels of padding, a random crop and a flip (None: off)."""
         x = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous()
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
             x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
@@ -39,7 +39,7 @@ class MemoryLoader:
         self.pixels, self.mean, self.std = x, mean, std  # uint8: a quarter of float32's memory, normalised per batch
         self.labels = torch.from_numpy(split.labels)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.rank, self.world_size, self.pad_crop = rank, world_size, pad_crop
+        self.rank, self.world_size, self.crop_padding = rank, world_size, crop_padding
         self.epoch = 0
         self.skip_batches = 0
 
@@ -66,8 +66,8 @@ class MemoryLoader:
         for b in range(self.skip_batches, len(self)):
             sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
             pixels = self.pixels[sel]
-            if self.pad_crop is not None:
-                pixels = pad_crop_flip(pixels, self.pad_crop, batch_generator(self.seed, self.epoch, self.rank, b))
+            if self.crop_padding is not None:
+                pixels = pad_crop_flip(pixels, self.crop_padding, batch_generator(self.seed, self.epoch, self.rank, b))
             yield to_normalized(pixels, self.mean, self.std), self.labels[sel]
         self.skip_batches = 0
 
@@ -84,7 +84,7 @@ def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed:
     official test set. Training images (labelled and unlabelled) are augmented when train_crop is pad_crop."""
     if train_crop not in (TrainCrop.none, TrainCrop.pad_crop):
         raise ValueError(f"schedule.train_crop={train_crop.value}: the memory loader takes none or pad_crop")
-    pad_crop = crop_padding if train_crop is TrainCrop.pad_crop else None
+    padding = crop_padding if train_crop is TrainCrop.pad_crop else None
     source, test = load_builtin(data.name, data.root, data.test_fraction)
     split = split_training_set(source.labels, data, seed, holdout=True)
     val, test = limit(take(source, split.val), data.val_limit), limit(test, data.test_limit)
@@ -92,7 +92,7 @@ def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed:
 
     def train(rows, batch: int, order_seed: int, labelled: bool) -> MemoryLoader:
         return MemoryLoader(take(source, rows, labelled=labelled), image_size, batch, shuffle=True, seed=order_seed,
-                            drop_last=True, pad_crop=pad_crop, **common)
+                            drop_last=True, crop_padding=padding, **common)
 
     def evaluation(images: ArraySplit, side: int) -> MemoryLoader:
         return MemoryLoader(images, side, batch_size, shuffle=False, **common)

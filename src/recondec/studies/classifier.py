@@ -68,8 +68,12 @@ def classifier_key(cfg: Config) -> str:
     data["root"] = source_folder(data["name"], data["root"])  # the files read, however they were named
     schedule = classifier_schedule(cfg)
     schedule.pop("unlabelled_batch_size")  # always 0 for the classifier
-    parts = {"data": data, "backbone": {k: v for k, v in _plain(cfg.backbone).items()
-                                        if k not in _NOT_IN_KEY["backbone"]}}
+    if schedule["train_crop"] != "pad_crop":
+        schedule.pop("crop_padding")  # read by pad_crop only
+    backbone = {k: v for k, v in _plain(cfg.backbone).items() if k not in _NOT_IN_KEY["backbone"]}
+    if not backbone["batch_norm"]:
+        backbone.pop("batch_norm")  # null and false build the same network: one key
+    parts = {"data": data, "backbone": backbone}
     parts.update(schedule=schedule, seed=classifier_seed(cfg), precision=str(cfg.trainer.precision),
                  epoch_steps=cfg.trainer.max_steps_per_epoch, classification_weight=cfg.loss.classification)
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]

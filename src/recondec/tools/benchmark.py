@@ -92,7 +92,7 @@ def step_img_per_s(cfg: Config, steps: int, warmup: int) -> tuple[float, int]:
 
 
 def loop_img_per_s(cfg: Config, steps: int, warmup: int, tracking_uri: str) -> float:
-    """The job's loop as `python src/main.py` builds it (run.build_trainer): its loaders, metrics, progress
+    """The job's loop as `python src/main.py` builds it (job.build_trainer): its loaders, metrics, progress
     bookkeeping and MLflow logging every trainer.log_every_n_steps, into a throw-away database."""
     from recondec.job import build_trainer
     from recondec.tracking.mlflow_logger import MlflowTracker

@@ -31,7 +31,8 @@ def measure_term_shares(cfg: Config, batches: int = 2) -> tuple[dict[str, float]
     """(RMS of each level's activation, one row per loss term) for the config's model on `batches` train batches.
     The model is in eval mode (no dropout noise), at its initialisation or its backbone.pretrained weights."""
     torch.manual_seed(cfg.trainer.seed)
-    loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size, cfg.trainer.seed)
+    loaders = build_loaders(cfg.data, cfg.backbone.image_size, cfg.schedule.batch_size, cfg.trainer.seed,
+                            train_crop=cfg.schedule.train_crop, crop_padding=cfg.schedule.crop_padding)
     model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).eval()
     loss_fn = build_loss(model, cfg.loss, cfg.data.std)
     conv1 = next(m for m in model.encoder.features if isinstance(m, torch.nn.Conv2d)).weight

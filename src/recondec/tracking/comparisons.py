@@ -94,8 +94,14 @@ def entry(row: str, ref: str) -> str:
 
 
 def parse_entry(text: str) -> tuple[str, str]:
+    """"<row> vs <ref>" (or "<row>": against the baseline), a scale written as the rows write it (10.0 -> 10)."""
     row, _, ref = text.partition(" vs ")
-    return row.strip(), (ref.strip() or BASELINE)
+    return _canonical(row.strip()), _canonical(ref.strip() or BASELINE)
+
+
+def _canonical(row: str) -> str:
+    name, at, scale = row.partition("@")
+    return f"{name}@{float(scale):g}" if at else name
 
 
 @dataclass

@@ -33,8 +33,15 @@ def _absent(x) -> bool:
     return x is None or x != x  # null in new files, NaN in old ones
 
 
+def _is_pilot(folder: Path) -> bool:
+    """A report on validation numbers (a pilot that chose settings: trainer.test=false) belongs with docs/recipe.md,
+    not among the results."""
+    path = folder / "comparisons.json"
+    return path.is_file() and json.loads(path.read_text()).get("split") == "val"
+
+
 def _reports(reports_dir: Path) -> list[Path]:
-    found = {p.parent.name: p.parent for p in reports_dir.glob("*/report.md")}
+    found = {p.parent.name: p.parent for p in reports_dir.glob("*/report.md") if not _is_pilot(p.parent)}
     return [found[n] for n in DOCS_ORDER if n in found] + [found[n] for n in sorted(found) if n not in DOCS_ORDER]
 
 

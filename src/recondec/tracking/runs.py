@@ -78,7 +78,7 @@ def row_name(run) -> str:
     reconstruction weights."""
     tags = run.data.tags
     row = tags.get("row", tags["variant"])
-    return f"{row}@{tags['loss_scale']}" if "loss_scale" in tags else row
+    return f"{row}@{float(tags['loss_scale']):g}" if "loss_scale" in tags else row
 
 
 def split_scale(row: str) -> tuple[str, Optional[float]]:
