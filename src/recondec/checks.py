@@ -54,9 +54,9 @@ def derive(cfg: Config, changes: dict[str, Any]) -> Config:
     return validate(node)
 
 
-def as_dict(cfg: Config) -> dict:
-    """The config as plain values (enums as their names): MLflow's params."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+def as_dict(node: Any) -> dict:
+    """A typed config, or one of its groups, as plain values (enums as their names): MLflow's params, cache keys."""
+    return OmegaConf.to_container(OmegaConf.structured(node), enum_to_str=True)
 
 
 def as_yaml(cfg: Config) -> str:

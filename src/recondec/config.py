@@ -143,6 +143,8 @@ class TrainCrop(str, enum.Enum):
     none = "none"                      # no augmentation
 
 
+CROP_PADDING = 2  # pad_crop's default: pixels of zero padding on each side (the few-label pilots' setting)
+
 # the training augmentations each loader implements; the first is its default (schedule.train_crop=null)
 TRAIN_CROPS = {"memory": (TrainCrop.none, TrainCrop.pad_crop),
                "ffcv": (TrainCrop.random_resized, TrainCrop.resize_crop),
@@ -301,7 +303,7 @@ class ScheduleConf(Checked):
     # training augmentation, for every loader in one place (TRAIN_CROPS says which loader takes which).
     # null: the loader's default (memory: none; ffcv and torchvision: random_resized), filled in by the checks
     train_crop: Optional[TrainCrop] = None
-    crop_padding: int = count(2, low=1)  # pad_crop: pixels of zero padding on each side before the random crop
+    crop_padding: int = count(CROP_PADDING, low=1)  # pad_crop: zero padding on each side before the random crop
     bias_lr_mult: float = positive(1.0)  # Caffe's lr_mult for biases (2 in the reference VGG recipe)
     bias_decay_mult: float = weight(1.0)  # Caffe's decay_mult for biases (0 in the reference VGG recipe)
     # semi-supervised (data.labels_per_class): each step also draws this many unlabelled images, which enter the
@@ -601,7 +603,7 @@ def check_schema(composed: DictConfig) -> Config:
         _require(cfg.schedule.unlabelled_batch_size % cfg.trainer.devices == 0, "schedule.unlabelled_batch_size",
                  f"a multiple of trainer.devices={cfg.trainer.devices} (it is the global batch)",
                  cfg.schedule.unlabelled_batch_size)
-    unknown = sorted(set(cfg.loss.scale_per_variant) - set(variant_names()))
+    unknown = sorted(set(cfg.loss.scale_per_variant) - set(variant_names())) if cfg.loss.scale_per_variant else []
     _require(not unknown, "loss.scale_per_variant", f"variant names as keys (of {variant_names()})", unknown)
     if cfg.loss.scale is None:  # an explicit loss.scale (a dose-response sweep) wins over the grid's table
         cfg.loss.scale = cfg.loss.scale_per_variant.get(cfg.variant.name, 1.0)

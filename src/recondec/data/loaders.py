@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from recondec.config import IMAGENET_MEAN, IMAGENET_STD, TRAIN_CROPS, DataConf, Loader, TrainCrop
+from recondec.config import CROP_PADDING, IMAGENET_MEAN, IMAGENET_STD, TRAIN_CROPS, DataConf, Loader, TrainCrop
 from recondec.data.base import Loaders
 
 
 def build_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, device: str = "cpu",
                   rank: int = 0, world_size: int = 1, ten_crop: bool = False,
                   train_crop: Optional[TrainCrop] = None, unlabelled_batch_size: int = 0,
-                  crop_padding: int = 2) -> Loaders:
+                  crop_padding: int = CROP_PADDING) -> Loaders:
     """Train, validation and test loaders (data/splits.py says which images each holds); with ten_crop, also a
     loader of whole test (else validation) images at ten_crop_view_size (the shorter side resized to it, then its
     centre square). `train_crop` is the training augmentation (config.TRAIN_CROPS says which loader takes which;

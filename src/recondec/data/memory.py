@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from recondec.config import DataConf, TrainCrop
+from recondec.config import CROP_PADDING, DataConf, TrainCrop
 from recondec.data.augment import batch_generator, pad_crop_flip
 from recondec.data.base import Loaders, assemble_loaders, epoch_seed, ten_crop_view_size
 from recondec.data.builtin import ArraySplit, limit, load_builtin, take
@@ -79,7 +79,7 @@ class MemoryLoader:
 
 def build_memory_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
                          world_size: int = 1, ten_crop: bool = False, unlabelled_batch_size: int = 0,
-                         train_crop: TrainCrop = TrainCrop.none, crop_padding: int = 2) -> Loaders:
+                         train_crop: TrainCrop = TrainCrop.none, crop_padding: int = CROP_PADDING) -> Loaders:
     """A built-in set: its training split cut into labelled / unlabelled / validation images (splits.py), and its
     official test set. Training images (labelled and unlabelled) are augmented when train_crop is pad_crop."""
     if train_crop not in (TrainCrop.none, TrainCrop.pad_crop):

@@ -17,9 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from recondec.checks import derive
+from recondec.checks import as_dict, derive
 from recondec.config import Config, ConfigError, PretrainConf, StageConf, variant_option
 from recondec.job import TRAIN, JobInfo, JobResult, launch
 from recondec.training import checkpoint as ckpt
@@ -31,17 +30,12 @@ log = logging.getLogger(__name__)
 _NOT_IN_KEY = {"data": ("num_workers", "val_limit", "test_limit"), "backbone": ("pretrained", "decoder_init")}
 
 
-def _plain(node) -> dict:
-    """A config group as plain values (enums as their names)."""
-    return OmegaConf.to_container(OmegaConf.structured(node), enum_to_str=True)
-
-
 def classifier_schedule(cfg: Config) -> dict:
     """The schedule the classifier is trained with: classifier.schedule (or the job's own), stages other than the
     joint one off, and the joint stage classifier.epochs long."""
-    schedule = _plain(cfg.classifier.schedule if cfg.classifier.schedule is not None else cfg.schedule)
-    schedule["pretrain"] = _plain(PretrainConf())
-    schedule["decoder"] = _plain(StageConf(freeze_encoder=True))
+    schedule = as_dict(cfg.classifier.schedule if cfg.classifier.schedule is not None else cfg.schedule)
+    schedule["pretrain"] = as_dict(PretrainConf())
+    schedule["decoder"] = as_dict(StageConf(freeze_encoder=True))
     schedule["joint"] = {"epochs": cfg.classifier.epochs, "lr": schedule["joint"]["lr"], "freeze_encoder": False,
                          "probe_lr": False}
     schedule["unlabelled_batch_size"] = 0  # it learns from the labelled images alone
@@ -55,7 +49,7 @@ def classifier_seed(cfg: Config) -> int:
 def classifier_data(cfg: Config) -> dict:
     """The data the classifier learns from: the job's labelled images (the same held-out validation set, the same
     labels_per_class subset of the same split seed); it never sees the unlabelled ones."""
-    data = _plain(cfg.data)
+    data = as_dict(cfg.data)
     if data.get("labels_per_class") is not None and data.get("split_seed") is None:
         data["split_seed"] = cfg.trainer.seed  # the job's subset, whatever seed the classifier trains with
     return data
@@ -70,7 +64,7 @@ def classifier_key(cfg: Config) -> str:
     schedule.pop("unlabelled_batch_size")  # always 0 for the classifier
     if schedule["train_crop"] != "pad_crop":
         schedule.pop("crop_padding")  # read by pad_crop only
-    backbone = {k: v for k, v in _plain(cfg.backbone).items() if k not in _NOT_IN_KEY["backbone"]}
+    backbone = {k: v for k, v in as_dict(cfg.backbone).items() if k not in _NOT_IN_KEY["backbone"]}
     if not backbone["batch_norm"]:
         backbone.pop("batch_norm")  # null and false build the same network: one key
     parts = {"data": data, "backbone": backbone}
