@@ -21,7 +21,16 @@ from typing import Optional
 import numpy as np
 
 from recondec.config import REPO_ROOT, ConfigError, DataConf, FFCVConf, dataset_kind
-from recondec.data.images import BadImageError, Listing, check_images, list_classes, list_split, read_rgb, worker_count
+from recondec.data.images import (
+    BadImageError,
+    Listing,
+    check_images,
+    file_stat,
+    list_classes,
+    list_split,
+    read_rgb,
+    worker_count,
+)
 
 SMART_THRESHOLD = 3 * 96 * 96  # write_mode=smart: raw pixels up to ~96x96 (decoding is a copy), JPEG above
 MIN_PAGE = 1 << 21             # ffcv's minimum page size (2 MiB)
@@ -178,7 +187,7 @@ def _record(path: Path, fingerprint: str, result: WriteResult) -> None:
 def write_listing(listing: Listing, path: str | Path, opts: FFCVConf, desc: str = "") -> WriteResult:
     """Check every listed file, report the bad ones, write the good ones."""
     path = Path(path)
-    stats = [(p, y, *_stat(p)) for p, y in listing.samples]
+    stats = [(p, y, *file_stat(p)) for p, y in listing.samples]
     fingerprint = _fingerprint({"classes": listing.classes, "files": stats, "empty": listing.empty_dirs}, opts)
     record = up_to_date(path, fingerprint)
     if record is not None:
@@ -201,14 +210,6 @@ def write_listing(listing: Listing, path: str | Path, opts: FFCVConf, desc: str 
     result = WriteResult(str(path), len(listing.samples), len(good), len(bad), len(listing.empty_dirs), str(report))
     _record(path, fingerprint, result)
     return result
-
-
-def _stat(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return -1, -1
 
 
 def write_arrays(images: np.ndarray, labels: np.ndarray, path: str | Path, opts: FFCVConf) -> WriteResult:

@@ -212,15 +212,22 @@ def _check(item: tuple[str, int, int, Optional[int]]) -> Optional[str]:
     return label_problem(label, num_classes) or check_image(path, max_resolution)
 
 
+def _check_file(item: tuple[str, Optional[int]]) -> Optional[str]:
+    return check_image(*item)
+
+
 def worker_count(opts: FFCVConf) -> int:
     return max(1, min(opts.num_workers, os.cpu_count() or 1))  # more processes than cores only add overhead
+
+
+def _pool(workers: int):
+    return multiprocessing.Pool(workers) if workers > 1 else _InProcess()
 
 
 def check_images(listing: Listing, opts: FFCVConf, desc: str) -> list[Optional[str]]:
     """One reason (or None) per sample, checked in parallel; strict: raise at the first bad one."""
     items = [(p, y, len(listing.classes), opts.max_resolution) for p, y in listing.samples]
-    workers = worker_count(opts)
-    with (multiprocessing.Pool(workers) if workers > 1 else _InProcess()) as pool:
+    with _pool(worker_count(opts)) as pool:
         reasons = []
         for (path, _), reason in tqdm(zip(listing.samples, pool.imap(_check, items, chunksize=16)),
                                       total=len(items), desc=f"checking {desc}", unit="img"):
@@ -228,6 +235,23 @@ def check_images(listing: Listing, opts: FFCVConf, desc: str) -> list[Optional[s
                 raise BadImageError(f"{path}: {reason} (data.ffcv.strict=true stops at the first bad image)")
             reasons.append(reason)
     return reasons
+
+
+def check_files(paths: Sequence[str], workers: int, desc: str,
+                max_resolution: Optional[int] = None) -> list[Optional[str]]:
+    """check_image's reason (or None) for each path, in `workers` processes (labels are not its business)."""
+    with _pool(workers) as pool:
+        return list(tqdm(pool.imap(_check_file, [(p, max_resolution) for p in paths], chunksize=16),
+                         total=len(paths), desc=f"checking {desc}", unit="img"))
+
+
+def file_stat(path: str) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, (-1, -1) when it cannot be read: what says a file changed since a check."""
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
 
 
 class _InProcess:
