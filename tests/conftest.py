@@ -28,6 +28,15 @@ def nothing_written_into_the_repository():
     assert not leaked, f"the tests wrote into the repository: {leaked} (point hydra.run.dir / output_dir at tmp_path)"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_check_cache(tmp_path_factory):
+    """The image-folder checks' cache (data/folder_check.py) in a folder of the test session, not the user's
+    ~/.cache; session-wide, so that module-scoped loaders use it too (each test's tree has a path of its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RECONDEC_CACHE_DIR", str(tmp_path_factory.mktemp("recondec_cache")))
+        yield
+
+
 def variant_params(*in_default_suite: str) -> list:
     """Every variant as a test parameter; the ones not named run with the slow tests only (-m slow), so the default
     suite stays a few minutes long and every variant is still covered by the full one."""

@@ -1,5 +1,6 @@
 """Validation of a composed config: the schema's own checks (config.check_schema), then those that need the
-layers above it: the backbone registry, the weights, the data on disk. Every bad value fails here, before any work.
+layers above it: the backbone registry, the weights, the data on disk (for the torchvision loader, every image file
+decodes). Every bad value fails here, before any work.
 
 The Hydra config stops here: ``validate`` turns it into the typed ``Config`` that everything below takes, and
 ``derive`` makes a sub-job's config (the cached classifier, the reconstruction study's decoders) from a typed one,
@@ -34,6 +35,7 @@ def validate(composed: DictConfig) -> Config:
     check_data(cfg.data)
     check_split(cfg)
     fill_normalisation(cfg)
+    check_image_files(cfg.data)  # last: the only check that may read every file
     return cfg
 
 
@@ -104,6 +106,15 @@ def check_data(data: DataConf) -> None:
         data.num_classes = _count_classes(train, data.num_classes)
     _require(data.num_classes is not None and data.num_classes > 0, "data.num_classes", "an integer > 0",
              data.num_classes)
+
+
+def check_image_files(data: DataConf) -> None:
+    """data.loader=torchvision on an image folder: every file it will read decodes, or data.bad_images=skip leaves
+    the bad ones out (data/folder_check.py; cached per folder, so a second job pays for the listing only)."""
+    from recondec.data.folder_check import applies, check_image_folders
+
+    if applies(data):
+        check_image_folders(data)
 
 
 def _count_classes(train: Path, given) -> int:

@@ -194,6 +194,11 @@ class Loader(str, enum.Enum):
     torchvision = "torchvision"  # ImageFolder + DataLoader, the fallback
 
 
+class BadImages(enum.StrEnum):
+    refuse = "refuse"  # the job stops before it starts, naming the files that do not decode
+    skip = "skip"      # the job trains without them; the run lists them (bad_images.tsv)
+
+
 class Order(str, enum.Enum):
     random = "random"
     quasi_random = "quasi_random"
@@ -378,6 +383,9 @@ class DataConf(Checked):
     # digits (no official split): the share of its images that is the test set
     test_fraction: float = ranged(0.2, low=0, high=1, low_open=True, high_open=True)
     num_workers: int = count(2)         # loader workers
+    # data.loader=torchvision: every image of the folders read is decoded once before the job (cached per folder),
+    # so that a broken file cannot kill a loader worker mid-run. ffcv: the .beton writer always skips and reports them
+    bad_images: BadImages = BadImages.refuse
     ffcv: FFCVConf = field(default_factory=FFCVConf)
 
     def check(self, at: str) -> None:
@@ -446,6 +454,9 @@ class LoggerConf(Checked):
     sweep_tag: Optional[str] = None     # default: the multirun's output folder
     log_checkpoint: bool = True         # the final model as the run's MLflow model "model" (the checkpoint stays local)
     system_metrics: bool = False        # MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml)
+    # logging runs beside training (a store that goes away delays it, not the job); at the end the job waits this
+    # long for it, then keeps what is left in <output_dir>/unlogged.jsonl for resume=auto to re-log
+    flush_timeout_s: float = positive(30.0)
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags (the cached classifier's run: role=classifier)
 
 

@@ -26,6 +26,7 @@ import torch
 from recondec.checks import as_dict, as_yaml
 from recondec.config import Config, ConfigError
 from recondec.data import build_loaders
+from recondec.data.folder_check import log_skipped_images
 from recondec.models import build_loss, build_model
 from recondec.tracking.base import Tracker
 from recondec.training import checkpoint as ckpt
@@ -228,6 +229,8 @@ def track(cfg: Config, info: JobInfo, work: Work, env: DistEnv) -> JobResult:
             tracker.log_params(as_dict(cfg))  # the typed config: what the run used, normalisation filled in
             tracker.log_dataset(cfg.data.name, cfg.data.root, work.dataset_context)
         _log_config_files(tracker, cfg, info, output_dir)
+        if env.is_main:  # data.bad_images=skip: the image files the loader leaves out, as the run's bad_images.tsv
+            log_skipped_images(tracker, cfg.data, output_dir)
         trainer = build_trainer(cfg, tracker, env)
         if state is not None:
             trainer.load_checkpoint(state)  # last before training: it restores the RNG streams

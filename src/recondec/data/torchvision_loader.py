@@ -1,8 +1,9 @@
 """The torchvision fallback: ImageFolder + DataLoader with the ffcv loaders' transforms and normalisation.
 
 Same files, classes and indices as the .beton writer (class folders sorted as ImageFolder sorts them, a flat
-val/ folder through its label file) and the same RGB conversion (recondec.data.images.open_rgb). Unlike the
-writer it does not skip bad images: a broken file raises in a worker, which DataLoader reports.
+val/ folder through its label file) and the same RGB conversion (recondec.data.images.open_rgb). Bad images are
+found before the loader is built, with the writer's check (data/folder_check.py, cached per folder): refused with a
+message naming them (data.bad_images=refuse), or left out of the data sets (skip), never a worker's traceback mid-run.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torchvision.datasets import ImageFolder
 
 from recondec.config import DataConf, TrainCrop
 from recondec.data.base import Loaders, assemble_loaders, epoch_seed, ten_crop_view_size
+from recondec.data.folder_check import excluded_images
 from recondec.data.images import label_problem, list_classes, list_split, open_rgb
 from recondec.data.splits import split_training_set
 
@@ -35,11 +37,15 @@ def val_transform(size: int, mean, std, crop_ratio: float = 224 / 256) -> Callab
 
 
 class _ClassFolder(ImageFolder):
-    """ImageFolder whose classes come from train/, so val/ keeps the indices even when it lacks a class."""
+    """ImageFolder whose classes come from train/, so val/ keeps the indices even when it lacks a class; the files
+    in `exclude` (those that do not decode) are left out."""
 
-    def __init__(self, root: str, classes: list[str], transform: Callable):
+    def __init__(self, root: str, classes: list[str], transform: Callable, exclude: frozenset[str] = frozenset()):
         self._classes = classes
         super().__init__(root, transform=transform, loader=open_rgb, allow_empty=True)
+        if exclude:
+            self.samples = [(p, y) for p, y in self.samples if p not in exclude]
+            self.imgs, self.targets = self.samples, [y for _, y in self.samples]
 
     def find_classes(self, directory):
         return self._classes, {c: i for i, c in enumerate(self._classes)}
@@ -48,8 +54,9 @@ class _ClassFolder(ImageFolder):
 class _Listed(Dataset):
     """A flat folder plus a label file; files without a valid label are left out, as the writer reports them."""
 
-    def __init__(self, samples: list[tuple[str, int]], num_classes: int, transform: Callable):
-        self.samples = [(p, y) for p, y in samples if label_problem(y, num_classes) is None]
+    def __init__(self, samples: list[tuple[str, int]], num_classes: int, transform: Callable,
+                 exclude: frozenset[str] = frozenset()):
+        self.samples = [(p, y) for p, y in samples if label_problem(y, num_classes) is None and p not in exclude]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -60,11 +67,12 @@ class _Listed(Dataset):
         return self.transform(open_rgb(path)), label
 
 
-def image_dataset(root: str, split: str, classes: list[str], transform: Callable) -> Dataset:
+def image_dataset(root: str, split: str, classes: list[str], transform: Callable,
+                  exclude: frozenset[str] = frozenset()) -> Dataset:
     split_dir = Path(root) / split
     if split_dir.is_dir() and any(p.is_dir() for p in split_dir.iterdir()):
-        return _ClassFolder(str(split_dir), classes, transform)
-    return _Listed(list_split(root, split, classes).samples, len(classes), transform)
+        return _ClassFolder(str(split_dir), classes, transform, exclude)
+    return _Listed(list_split(root, split, classes).samples, len(classes), transform, exclude)
 
 
 class TorchvisionLoader:
@@ -127,14 +135,16 @@ class _Unlabelled(Dataset):
 def build_torchvision_loaders(data: DataConf, image_size: int, batch_size: int, seed: int, *, rank: int = 0,
                          world_size: int = 1, ten_crop: bool = False, train_crop: TrainCrop = TrainCrop.random_resized,
                          unlabelled_batch_size: int = 0) -> Loaders:
-    """train/ (its labelled and unlabelled images: splits.py), val/, and test/ where the tree has one."""
+    """train/ (its labelled and unlabelled images: splits.py), val/, and test/ where the tree has one, without the
+    files that do not decode (data.bad_images=skip; refuse: a ConfigError naming them)."""
+    exclude = excluded_images(data, announce=rank == 0)
     classes = list_classes(Path(data.root) / "train")
     transform = train_transform(image_size, data.mean, data.std, train_crop)
-    source = image_dataset(data.root, "train", classes, transform)
+    source = image_dataset(data.root, "train", classes, transform, exclude)
     split = split_training_set(np.asarray([y for _, y in source.samples]), data, seed, holdout=False)
 
     def eval_loader(name: str, transform: Callable, limit: Optional[int]) -> TorchvisionLoader:
-        dataset = _limit(image_dataset(data.root, name, classes, transform), limit)
+        dataset = _limit(image_dataset(data.root, name, classes, transform, exclude), limit)
         return _loader(dataset, data, batch_size, seed, False, rank, world_size)
 
     def train(rows, batch: int, order_seed: int, labelled: bool) -> TorchvisionLoader:

@@ -26,8 +26,9 @@ from recondec.training.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 # settings that change how fast the classifier learns, or what it is evaluated on, not its weights (the classifier
-# has no decoder)
-_NOT_IN_KEY = {"data": ("num_workers", "val_limit", "test_limit"), "backbone": ("pretrained", "decoder_init")}
+# has no decoder); data.bad_images neither: refuse trains only when every image decodes, and then skip trains the same
+_NOT_IN_KEY = {"data": ("num_workers", "val_limit", "test_limit", "bad_images"),
+               "backbone": ("pretrained", "decoder_init")}
 
 
 def classifier_schedule(cfg: Config) -> dict:
