@@ -8,6 +8,7 @@
     python src/bench.py loader                       # ffcv vs torchvision DataLoader on 2,000 synthetic JPEGs
     python src/bench.py loader --images /data/tree   # on an ImageFolder tree of yours (train/ and val/)
     python src/bench.py loader --write-mode raw --os-cache --batch-size 128 --workers 2
+    python src/bench.py check-images --num-images 50000   # the torchvision loader's bad-image check, per file
 
 `train`: the real training step (Trainer.train_epoch, joint stage: every parameter trains) on one synthetic
 batch that already sits on the device, for the baseline and each variant, one after another in one process;
@@ -22,10 +23,17 @@ torch.compile and its speed-up over eager.
 float32, int64 labels) from the same images with the same batch size and number of workers (ffcv threads,
 DataLoader processes); warm-up epochs (ffcv's compilation, worker start-up) are not timed. Prints images/s of
 each, their ratio, and the .beton's size against the source files'.
+
+`check-images`: what the check of data.bad_images (data/folder_check.py) costs before a torchvision-loader job, on
+synthetic photo-sized JPEGs (or --images): the first check (every file decoded, in --workers processes, as
+data.num_workers gives them) and a cached one (the listing, sizes and modification times only), in files/s and
+extrapolated to ImageNet's 1,281,167 training images. Freshly written files sit in the page cache: a cold disk adds
+its read time to the first check.
 """
 import argparse
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recondec.config import DataConf, FFCVConf, Loader, Order, WriteMode, variant_names
+from recondec.config import BadImages, DataConf, FFCVConf, Loader, Order, WriteMode, variant_names
 
 # ---------------------------------------------------------------- synthetic photo-like JPEGs
 
@@ -96,6 +104,17 @@ def measure(loaders: dict, warmup: int, epochs: int) -> dict[str, list[float]]:
     return rates
 
 
+def source_tree(args: argparse.Namespace, work: Path) -> Path:
+    """--images, or synthetic JPEGs in <work>/images (generated unless there already)."""
+    if args.images is not None:
+        return args.images
+    root = work / "images"
+    if not (root / "train").is_dir():
+        print(f"generating {args.num_images} synthetic JPEGs in {root} ...")
+        synthetic_tree(root, args.num_images, args.classes, args.workers)
+    return root
+
+
 def add_loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, help="an ImageFolder tree (train/, val/); default: synthetic JPEGs")
     p.add_argument("--num-images", type=int, default=2000)
@@ -118,12 +137,7 @@ def run_loader(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        root = args.images
-        if root is None:
-            root = work / "images"
-            if not (root / "train").is_dir():
-                print(f"generating {args.num_images} synthetic JPEGs in {root} ...")
-                synthetic_tree(root, args.num_images, args.classes, args.workers)
+        root = source_tree(args, work)
         ffcv = FFCVConf(beton_dir=str(work / f"beton-{args.write_mode}-{args.max_resolution}"),
                         os_cache=args.os_cache, order=Order.random, write_mode=WriteMode(args.write_mode),
                         max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality,
@@ -151,6 +165,49 @@ def report(args, root: Path, beton: Path, n: int, rates: dict[str, list[float]])
     print(f"  ratio ffcv / torchvision: {mean['ffcv'] / mean['torchvision']:.2f}x")
     print(f"  .beton ({args.write_mode}, max {args.max_resolution} px{', os_cache' if args.os_cache else ''}): "
           f"{packed / 2**20:.1f} MiB vs source JPEGs {source / 2**20:.1f} MiB ({packed / source:.2f}x)")
+
+
+# ---------------------------------------------------------------- the bad-image check
+
+IMAGENET_TRAIN_FILES = 1_281_167
+
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, help="an ImageFolder tree (train/, val/); default: synthetic JPEGs")
+    p.add_argument("--num-images", type=int, default=50_000)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="checking processes (data.num_workers)")
+    p.add_argument("--workdir", type=Path, help="keep the images here (reused when there)")
+
+
+def _timed_check(data: DataConf):
+    from recondec.data.folder_check import check_image_folders
+
+    start = time.perf_counter()
+    found = check_image_folders(data)
+    return found, time.perf_counter() - start
+
+
+def run_check_images(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        root = source_tree(args, work)
+        cache = Path(tmp) / "cache"  # a cache of its own, empty: the first pass decodes every file
+        os.environ["RECONDEC_CACHE_DIR"] = str(cache)
+        num_classes = sum(1 for e in os.scandir(root / "train") if e.is_dir())
+        data = DataConf(name="bench", loader=Loader.torchvision, root=str(root), num_classes=num_classes,
+                        num_workers=args.workers, bad_images=BadImages.skip)
+        found, first = _timed_check(data)
+        _, cached = _timed_check(data)
+        shutil.rmtree(cache, ignore_errors=True)
+    rate, cached_rate = found.checked / first, found.checked / cached
+    print(f"\n{found.checked} files ({len(found.bad)} bad) in {root}, {min(args.workers, os.cpu_count() or 1)} "
+          "processes")
+    print(f"  first check (every file decoded): {rate:10.0f} files/s  ({first:.1f} s)")
+    print(f"  cached (listing, sizes, mtimes):  {cached_rate:10.0f} files/s  ({cached:.2f} s)")
+    print(f"  ImageNet's {IMAGENET_TRAIN_FILES:,} training files at these rates: first check "
+          f"{IMAGENET_TRAIN_FILES / rate / 60:.1f} min, cached {IMAGENET_TRAIN_FILES / cached_rate:.1f} s "
+          "(files in the page cache here: a cold disk adds its read time)")
 
 
 # ---------------------------------------------------------------- training step and profile
@@ -253,7 +310,8 @@ def run_terms(args: argparse.Namespace) -> None:
 COMMANDS = {"train": (add_train_args, run_train, "training-step throughput per variant"),
             "terms": (add_terms_args, run_terms, "each loss term's size and share of loss and gradient"),
             "profile": (add_model_args, run_profile, "parameters and forward FLOPs per variant"),
-            "loader": (add_loader_args, run_loader, "ffcv vs torchvision DataLoader throughput")}
+            "loader": (add_loader_args, run_loader, "ffcv vs torchvision DataLoader throughput"),
+            "check-images": (add_check_args, run_check_images, "the cost of the torchvision loader's image check")}
 
 
 def main(argv=None) -> None:

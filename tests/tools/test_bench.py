@@ -1,4 +1,4 @@
-"""The benchmark commands: training-step throughput and the parameter / FLOPs profile per variant."""
+"""The benchmark commands: training-step throughput, the parameter / FLOPs profile per variant, the image check."""
 import argparse
 import re
 
@@ -79,3 +79,17 @@ def test_profile_counts_vgg16_parameters_and_flops_at_224(capsys):
     assert table["sae_all"][1] == table["swwae_all"][1] != "0"  # same decoder, different unpooling
     assert float(table["baseline"][3]) == pytest.approx(30.95, rel=0.01)  # VGG-16: 15.5 G multiply-adds
     assert 1.9 < float(table["swwae_all"][4]) < 2.1  # the mirrored decoder costs about as much as the encoder
+
+
+def test_check_images_benchmark_measures_both_passes_and_extrapolates_to_imagenet(capsys, tmp_path):
+    from ..data.conftest import good_tree
+
+    # a tree of the tests' own (the synthetic one is written by a process pool, which cannot import a script by path)
+    (tmp_path / "tree" / "val" / "fox" / "notes.jpg").parent.mkdir(parents=True)
+    (tmp_path / "tree" / "val" / "fox" / "notes.jpg").write_text("not an image\n")
+    bench.main(["check-images", "--images", str(good_tree(tmp_path / "tree", per_class=(4, 2))), "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "19 files (1 bad)" in out  # 3 classes of 4 training and 2 validation images, and the text file
+    assert re.search(r"first check \(every file decoded\): +\d+ files/s", out)
+    assert re.search(r"cached \(listing, sizes, mtimes\): +\d+ files/s", out)
+    assert re.search(r"ImageNet's 1,281,167 training files at these rates: first check [\d.]+ min, cached", out)
