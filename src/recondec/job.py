@@ -29,6 +29,7 @@ from recondec.data import build_loaders
 from recondec.data.folder_check import log_skipped_images
 from recondec.models import build_loss, build_model
 from recondec.tracking.base import Tracker
+from recondec.tracking.log_queue import read_unlogged
 from recondec.training import checkpoint as ckpt
 from recondec.training import distributed
 from recondec.training.device import resolve_device
@@ -125,10 +126,12 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
     if info.parent_run_id:
         tags["mlflow.parentRunId"] = info.parent_run_id  # how MLflow's UI nests runs
     return MlflowTracker(cfg.logger.tracking_uri, cfg.logger.experiment, cfg.logger.run_name or run_name(info),
-                         tags, cfg.data.mean, resume_run_id, cfg.logger.system_metrics)
+                         tags, cfg.data.mean, resume_run_id, cfg.logger.system_metrics,
+                         output_dir=Path(cfg.output_dir), flush_timeout_s=cfg.logger.flush_timeout_s)
 
 
-def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
+def find_resume_state(cfg: Config, info: JobInfo) -> Optional[tuple[Path, dict]]:
+    """The checkpoint to continue from (its path, its state), or None."""
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
@@ -141,12 +144,12 @@ def find_resume_state(cfg: Config, info: JobInfo) -> Optional[dict]:
             return None
         log.info("resume=auto: continuing from %s (epoch %d, step %d)", found[0], found[1]["epoch"] + 1,
                  found[1]["step"])
-        return found[1]
+        return found
     state = ckpt.load_valid(Path(cfg.resume))
     if state is None:  # before the MLflow run exists: one line, exit status 2, like every bad value
         raise ConfigError(f"resume={cfg.resume!r} is invalid: allowed auto, or a readable checkpoint file (a last.pt "
                           "or best.pt of an earlier run)")
-    return state
+    return Path(cfg.resume), state
 
 
 def _find_in_earlier_runs(cfg: Config, info: JobInfo):
@@ -220,7 +223,8 @@ def track(cfg: Config, info: JobInfo, work: Work, env: DistEnv) -> JobResult:
     """The MLflow run (reached first), the trainer, its work, the final model, the outcome."""
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = find_resume_state(cfg, info)
+    found = find_resume_state(cfg, info)
+    state = found[1] if found else None
     continued_run = state.get("mlflow_run_id") if state and work.continues_run else None
     # the store is reached before any training: a bad one fails early, and every later failure is recorded
     tracker = build_tracker(cfg, info, continued_run) if env.is_main else Tracker()  # other ranks log nothing
@@ -228,6 +232,8 @@ def track(cfg: Config, info: JobInfo, work: Work, env: DistEnv) -> JobResult:
         if continued_run is None:
             tracker.log_params(as_dict(cfg))  # the typed config: what the run used, normalisation filled in
             tracker.log_dataset(cfg.data.name, cfg.data.root, work.dataset_context)
+        elif env.is_main:  # what the earlier job could not log (the store was away), before anything new
+            tracker.relog(read_unlogged(found[0].parent.parent, continued_run))  # <output_dir>/checkpoints/x.pt
         _log_config_files(tracker, cfg, info, output_dir)
         if env.is_main:  # data.bad_images=skip: the image files the loader leaves out, as the run's bad_images.tsv
             log_skipped_images(tracker, cfg.data, output_dir)
@@ -250,7 +256,7 @@ def track(cfg: Config, info: JobInfo, work: Work, env: DistEnv) -> JobResult:
         raise
     result = JobResult(tracker.run_id, metrics, output_dir, last if last.exists() else None)
     if env.is_main:
-        _print_summary(cfg, result)
+        _print_summary(cfg, result, _unlogged_line(tracker))
     return result
 
 
@@ -294,7 +300,17 @@ def _log_config_files(tracker, cfg: Config, info: JobInfo, output_dir: Path) -> 
         tracker.log_artifacts(info.hydra_dir, "config/hydra")
 
 
-def _print_summary(cfg: Config, result: JobResult) -> None:
+def _unlogged_line(tracker: Tracker) -> Optional[str]:
+    from recondec.tracking.log_queue import describe
+
+    left = getattr(tracker, "unlogged", None)
+    if not left:
+        return None
+    return (f"{describe(left)}; the store did not answer. Kept in {tracker.unlogged_path}; once it answers, "
+            "the same command with resume=auto re-logs them into this run")
+
+
+def _print_summary(cfg: Config, result: JobResult, unlogged: Optional[str] = None) -> None:
     from recondec.training.diagnostics import describe_objective
 
     m = result.metrics
@@ -304,6 +320,7 @@ def _print_summary(cfg: Config, result: JobResult) -> None:
              f"top-1         : {top1}",
              f"objective     : {describe_objective(m)}",
              f"outputs       : {result.output_dir.resolve()}",
+             *([f"not logged    : {unlogged}"] if unlogged else []),
              "compare runs  : mlflow ui  (from the repository root)"]
     print("\n".join(lines), flush=True)
 

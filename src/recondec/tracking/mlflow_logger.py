@@ -4,14 +4,16 @@ artifacts and the final model as an MLflow model (mlflow.pytorch). The job says 
 is marked FAILED with its traceback attached, so a grid shows what went wrong where; a preempted one KILLED with a
 ``preempted`` tag, until ``resume=auto`` continues it.
 
-Every call to the store is retried with backoff (a locked sqlite file, a restarting server); when the
-retries are used up the job stops with an error naming the store: metrics are never dropped silently.
-The store is reached (and the run created) before any training, so a bad store fails within a minute or
-two (sqlite itself waits 20 s on a lock at each attempt), not after hours of training.
+The store is reached (and the run created) before any training, so a bad store fails within about 15 s (five
+attempts; sqlite itself waits 20 s on a lock at each), not after hours of training. After that, every call goes
+through a LogQueue (tracking/log_queue.py): one thread logs in order and retries while training goes on, so a
+restarting server delays the logging, not the job. At the end the job waits up to logger.flush_timeout_s for the
+queue; what is still unlogged is written to <output_dir>/unlogged.jsonl, which resume=auto re-logs into the run.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from recondec.tracking.base import Tracker
 from recondec.tracking.figures import error_per_level, reconstruction_grid
+from recondec.tracking.log_queue import LogQueue, Task, describe, write_unlogged
 
 log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000
@@ -97,58 +100,105 @@ def find_run_dirs(tracking_uri: str, experiment: str, tag: str, value: str) -> l
     return [Path(r.data.tags["output_dir"]) for r in runs if "output_dir" in r.data.tags]
 
 
+def quick_http_failures(uri: str) -> None:
+    """MLflow's HTTP client retries a failed request for minutes inside one call (7 retries, doubling waits); the
+    LogQueue retries instead, every few seconds, so that logging resumes soon after the server does. A user's own
+    settings of these variables win."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def reach_store(uri: str) -> MlflowClient:
+    client = MlflowClient(uri)  # a sqlite store is opened here already
+    client.search_experiments(max_results=1)
+    return client
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class MlflowTracker(Tracker):
+    """The run is created (or reopened) here, synchronously; every later call is queued. The run is the fluent
+    API's active run in the queue's thread only (MLflow keeps one active run per thread)."""
+
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str],
-                 mean: list[float], resume_run_id: Optional[str] = None, system_metrics: bool = False):
-        self.uri = tracking_uri
-        mlflow.set_tracking_uri(tracking_uri)
-        self._call("reaching the store", lambda: MlflowClient(tracking_uri).search_experiments(max_results=1))
+                 mean: list[float], resume_run_id: Optional[str] = None, system_metrics: bool = False,
+                 output_dir: Optional[Path] = None, flush_timeout_s: float = 30.0):
+        from mlflow.tracking.context.registry import resolve_tags  # what fluent start_run adds: git commit, user
+
+        self.uri, self.mean, self.output_dir, self.flush_timeout_s = tracking_uri, mean, output_dir, flush_timeout_s
+        quick_http_failures(tracking_uri)
+        client = self._call("reaching the store", reach_store, tracking_uri)
         self._call("creating the experiment", set_experiment, tracking_uri, experiment)
         if resume_run_id:
-            self.run = self._call("reopening the run", mlflow.start_run, run_id=resume_run_id,
-                                  log_system_metrics=system_metrics)
-            # where the run lives now, so that the next resume=auto finds its newest checkpoints
-            self._call("tagging", mlflow.set_tag, "output_dir", tags["output_dir"])
+            run = self._call("reopening the run", client.get_run, resume_run_id)
         else:
-            self.run = self._call("creating the run", mlflow.start_run, run_name=run_name, tags=tags,
-                                  log_system_metrics=system_metrics)
-        self.run_id = self.run.info.run_id
-        self.mean = mean
+            experiment_id = self._call("finding the experiment", client.get_experiment_by_name,
+                                       experiment).experiment_id
+            run = self._call("creating the run", client.create_run, experiment_id, run_name=run_name,
+                             tags=resolve_tags(tags))
+        self.run_id = run.info.run_id
+        self._logged_params = set(run.data.params)
+        self.unlogged: list[Task] = []
+        self.unlogged_path: Optional[Path] = None
+        self._queue = LogQueue(self.run_id[:8])
+        self._put("opening the run", lambda: mlflow.start_run(run_id=self.run_id, log_system_metrics=system_metrics))
+        if resume_run_id:  # where the run lives now, so that the next resume=auto finds its newest checkpoints
+            self.log_tags({"output_dir": tags["output_dir"]})
 
     def _call(self, what: str, fn, *args, **kwargs):
         return with_retries(what, self.uri, fn, *args, **kwargs)
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        flat = flatten(params)
-        existing = self.run.data.params if self.run.data else {}
-        self._call("logging params", mlflow.log_params, {k: v for k, v in flat.items() if k not in existing})
+    def _put(self, what: str, call, record: Optional[dict] = None) -> None:
+        self._queue.put(Task(what, call, record))
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._call(f"logging metrics of step {step}", mlflow.log_metrics, sanitize(metrics), step=step)
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = {k: v for k, v in flatten(params).items() if k not in self._logged_params}
+        self._logged_params.update(flat)
+        self._put("logging params", lambda: mlflow.log_params(flat), {"kind": "params", "params": flat})
+
+    def log_tags(self, tags: dict[str, str]) -> None:
+        self._put("tagging", lambda: mlflow.set_tags(tags), {"kind": "tags", "tags": tags})
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: Optional[int] = None) -> None:
+        clean, stamp = sanitize(metrics), timestamp or _now_ms()  # stamped when measured, not when logged
+        self._put(f"logging metrics of step {step}", lambda: mlflow.log_metrics(clean, step=step, timestamp=stamp),
+                  {"kind": "metrics", "metrics": clean, "step": step, "timestamp": stamp})
 
     def log_reconstructions(self, batch, epoch: int, final: bool) -> None:
         """A grid per level, logged with the epoch as its step (the UI steps through them); the final ones also
-        as reconstructions/<level>.png. Written synchronously: a few small PNGs, where MLflow's asynchronous queue
-        would add a thread whose exit waits out its 1 s poll."""
+        as reconstructions/<level>.png. The grids are drawn here; only the upload waits in the queue."""
         for level in batch.recons:
             grid = reconstruction_grid(batch.inputs, batch.recons[level], batch.targets[level], level, self.mean)
-            self._call("logging an image", mlflow.log_image, grid, key=f"reconstructions/{level}", step=epoch,
-                       synchronous=True)
+            self._put("logging an image", lambda g=grid, key=f"reconstructions/{level}": mlflow.log_image(
+                g, key=key, step=epoch, synchronous=True))
             if final:
-                self._call("logging an image", mlflow.log_image, grid, artifact_file=f"reconstructions/{level}.png")
+                self._put("logging an image", lambda g=grid, name=f"reconstructions/{level}.png": mlflow.log_image(
+                    g, artifact_file=name))
 
     def log_error_plot(self, history: list[dict[str, float]]) -> None:
-        import matplotlib.pyplot as plt
+        import io
 
-        fig = error_per_level(history)
-        self._call("logging a figure", mlflow.log_figure, fig, "reconstruction_error_per_level.png")
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        fig = error_per_level(history)  # drawn in this thread: matplotlib's figures are not thread-safe
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
         plt.close(fig)
+        image = Image.open(buffer)
+        name = "reconstruction_error_per_level.png"
+        self._put("logging a figure", lambda: mlflow.log_image(image, artifact_file=name))
 
     def log_artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
-        self._call(f"logging {path}", mlflow.log_artifact, str(path), artifact_path)
+        self._put(f"logging {path}", lambda: mlflow.log_artifact(str(path), artifact_path),
+                  {"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def log_artifacts(self, folder: str | Path, artifact_path: Optional[str] = None) -> None:
-        self._call(f"logging {folder}", mlflow.log_artifacts, str(folder), artifact_path)
+        self._put(f"logging {folder}", lambda: mlflow.log_artifacts(str(folder), artifact_path),
+                  {"kind": "artifacts", "path": str(folder), "artifact_path": artifact_path})
 
     def log_model(self, model, input_example) -> None:
         """`model` (an nn.Module) as the run's MLflow model "model": the pickled module with its weights (loading it
@@ -158,9 +208,9 @@ class MlflowTracker(Tracker):
         import mlflow.pytorch
         import torch
 
-        self._call("logging the model", mlflow.pytorch.log_model, model, name="model", input_example=input_example,
-                   serialization_format="pickle",
-                   pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        self._put("logging the model", lambda: mlflow.pytorch.log_model(
+            model, name="model", input_example=input_example, serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]))
 
     def log_dataset(self, name: str, root: Optional[str], context: str = "training") -> None:
         """The data set as the run's input (the runs table's Dataset column): its name and where it lives, a
@@ -171,29 +221,47 @@ class MlflowTracker(Tracker):
 
         source = LocalArtifactDatasetSource(str(Path(root).resolve())) if root else \
             CodeDatasetSource({"builtin": name})  # a built-in set, loaded by recondec.data.builtin
-        self._call("logging the data set", mlflow.log_input, MetaDataset(source, name=name), context=context)
+        dataset = MetaDataset(source, name=name)
+        self._put("logging the data set", lambda: mlflow.log_input(dataset, context=context))
+
+    def relog(self, records: list[dict]) -> None:
+        """Records an earlier job of this run could not log (log_queue.read_unlogged), queued again."""
+        for r in records:
+            if r["kind"] == "metrics":
+                self.log_metrics(r["metrics"], r["step"], r.get("timestamp"))
+            elif r["kind"] == "params":
+                self._put("logging params", lambda p=r["params"]: mlflow.log_params(p), r)
+            elif r["kind"] == "tags":
+                self.log_tags(r["tags"])
+            elif Path(r["path"]).exists():
+                (self.log_artifact if r["kind"] == "artifact" else self.log_artifacts)(r["path"], r["artifact_path"])
+        if records:
+            log.info("tracking: %d calls of an earlier job re-queued for run %s", len(records), self.run_id)
 
     def finish(self, status: str = "FINISHED", error: Optional[BaseException] = None,
                output_dir: Optional[Path] = None, preempted: Optional[str] = None) -> None:
-        if status == "FINISHED":
-            self._call("ending the run", mlflow.end_run, "FINISHED")
-            return
-        try:
-            self._record_outcome(status, error, output_dir, preempted)
-        except Exception as e:  # the original error matters more; its traceback is in output_dir
-            log.error("could not record the outcome in MLflow: %s: %s", type(e).__name__, e)
-
-    def _record_outcome(self, status: str, error: Optional[BaseException], output_dir: Optional[Path],
-                        preempted: Optional[str]) -> None:
         if preempted is not None:  # not a failure: resume=auto continues this run
-            self._call("tagging", mlflow.set_tag, "preempted", preempted)
+            self.log_tags({"preempted": preempted})
         elif error is not None:
-            self._call("tagging", mlflow.set_tag, "error", f"{type(error).__name__}: {error}"[:5000])
+            self.log_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
             text = "".join(traceback.format_exception(error))
             if output_dir is not None:
                 path = Path(output_dir) / "traceback.txt"
                 path.write_text(text)
-                self._call("logging the traceback", mlflow.log_artifact, str(path))
+                self.log_artifact(path)
             else:
-                self._call("logging the traceback", mlflow.log_text, text, "traceback.txt")
-        self._call("ending the run", mlflow.end_run, status)
+                self._put("logging the traceback", lambda: mlflow.log_text(text, "traceback.txt"))
+        self._put(f"ending the run ({status})", lambda: mlflow.end_run(status))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Wait for the queue (logger.flush_timeout_s at most); keep on disk what it could not log."""
+        self.unlogged = self._queue.close(self.flush_timeout_s)
+        if not self.unlogged:
+            return
+        where = "not kept (no output folder)"
+        if self.output_dir is not None:
+            self.unlogged_path = write_unlogged(self.unlogged, self.run_id, self.output_dir)
+            where = f"kept in {self.unlogged_path}; resume=auto re-logs them into run {self.run_id}"
+        log.warning("tracking: %s did not take %s within logger.flush_timeout_s=%g s; %s (the run stays RUNNING "
+                    "in the store until then)", self.uri, describe(self.unlogged), self.flush_timeout_s, where)
