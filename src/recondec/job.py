@@ -5,6 +5,7 @@
 Only config errors come before the MLflow run exists; anything that fails later (a bad pretrained file,
 a NaN, out of memory) leaves a FAILED run with its traceback, and in a multirun the other jobs go on.
 
+A job started by a submitit launcher continues the checkpoint in its own output folder (a requeued attempt).
 ``resume=auto`` continues the newest valid checkpoint of the same run: first this job's output folder
 (a requeued SLURM job, or ``hydra.run.dir=<old folder>``); if it has none, the output folder of the
 newest MLflow run of the same experiment started with the same overrides (tag ``resume_key``), so that
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +135,7 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
 def find_resume_state(cfg: Config, info: JobInfo) -> Optional[tuple[Path, dict]]:
     """The checkpoint to continue from (its path, its state), or None."""
     if cfg.resume is None:
-        return None
+        return _requeued_state(cfg)
     if cfg.resume == "auto":
         found = ckpt.find_latest(cfg.output_dir) or _find_in_earlier_runs(cfg, info)
         if found is None and cfg.study == "eval":
@@ -150,6 +152,18 @@ def find_resume_state(cfg: Config, info: JobInfo) -> Optional[tuple[Path, dict]]
         raise ConfigError(f"resume={cfg.resume!r} is invalid: allowed auto, or a readable checkpoint file (a last.pt "
                           "or best.pt of an earlier run)")
     return Path(cfg.resume), state
+
+
+def _requeued_state(cfg: Config) -> Optional[tuple[Path, dict]]:
+    """Under a submitit launcher (SLURM, or submitit_local) a job's output folder is its own: a checkpoint there was
+    written by an earlier attempt of this job, preempted and requeued with the same overrides. It continues."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    found = ckpt.find_latest(cfg.output_dir)
+    if found is not None:
+        log.info("requeued job: continuing from %s (epoch %d, step %d)", found[0], found[1]["epoch"] + 1,
+                 found[1]["step"])
+    return found
 
 
 def _find_in_earlier_runs(cfg: Config, info: JobInfo):

@@ -183,17 +183,17 @@ def test_what_a_data_set_allows_comes_from_its_kind(compose_cfg, overrides, key)
 
 
 def test_a_preregistration_names_rows_or_row_pairs_and_is_tagged_on_every_run(compose_cfg):
+    from mlflow.tracking import MlflowClient
+
     from recondec.job import JobInfo, build_tracker
 
     cfg = validate(compose_cfg("+report.preregistered.decoders=[swwae_all@10,sae_all@3 vs baseline]",
                                "report.baseline_target=84"))
     assert cfg.report.preregistered == {"decoders": ["swwae_all@10", "sae_all@3 vs baseline"]}
     tracker = build_tracker(cfg, JobInfo(overrides=[]), None)
-    try:
-        tags = tracker.run.data.tags
-        assert json.loads(tags["preregistered"]) == cfg.report.preregistered and tags["baseline_target"] == "84"
-    finally:
-        tracker.finish()
+    tracker.finish()
+    tags = MlflowClient(cfg.logger.tracking_uri).get_run(tracker.run_id).data.tags
+    assert json.loads(tags["preregistered"]) == cfg.report.preregistered and tags["baseline_target"] == "84"
     for bad in ("[]", "['swwae_all against baseline']"):
         with pytest.raises(ConfigError, match=r"report.preregistered.decoders=.* is invalid"):
             validate(compose_cfg(f"+report.preregistered.decoders={bad}"))
