@@ -5,10 +5,12 @@ import json
 import math
 from statistics import mean, stdev
 
+import mlflow
 import pytest
 from scipy import stats
 
 from recondec.tracking.comparisons import entry, families
+from recondec.tracking.mlflow_logger import set_experiment
 from recondec.tracking.records import baseline_target_record
 from recondec.tracking.report import ReportError, write_report
 from recondec.tracking.runs import Stat
@@ -135,3 +137,20 @@ def test_a_preregistered_comparison_without_runs_is_listed_not_dropped():
     assert [f.name for f in found] == ["question"]  # nothing left over to explore
     assert found[0].missing == ["swwae_all"] and found[0].comparisons["sae_first"].family == ["sae_first"]
     assert "Not compared (a row has no runs with top-1): swwae_all." in "\n".join(family_lines(found[0]))
+
+
+def test_a_pilot_on_validation_under_a_preregistering_preset_is_all_exploratory(tmp_path):
+    """The dose-response pilot inherits the grid preset's tag: its validation comparisons are not the pre-registered
+    ones, which are about the test set."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    set_experiment(uri, "pilot")
+    for row in ("baseline", "swwae_all", "sae_first"):
+        for seed, value in enumerate(ROWS[row][1]):
+            with mlflow.start_run(tags={**ROWS[row][0], "seed": str(seed), "pairing": f"start{seed}",
+                                        "preregistered": json.dumps(PREREGISTERED, sort_keys=True)}):
+                mlflow.log_metrics({"val/top1": value}, step=1)
+    write_report(uri, "pilot", tmp_path / "out")
+    records = json.loads((tmp_path / "out" / "comparisons.json").read_text())
+    assert records["preregistered"] is None
+    assert records["comparisons"] and not any(c["preregistered"] for c in records["comparisons"])
