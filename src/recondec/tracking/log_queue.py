@@ -51,6 +51,7 @@ class LogQueue:
         if not self._thread.is_alive():
             return []
         self._stop.set()  # the thread stops at its next attempt; a call in flight may still land (logged twice)
+        self._thread.join(1.0)  # out of a retry wait at once: then its current task is settled
         left = [self._current] if self._current is not None else []
         while True:
             try:
