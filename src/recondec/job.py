@@ -317,11 +317,10 @@ def _log_config_files(tracker, cfg: Config, info: JobInfo, output_dir: Path) -> 
 def _unlogged_line(tracker: Tracker) -> Optional[str]:
     from recondec.tracking.log_queue import describe
 
-    left = getattr(tracker, "unlogged", None)
-    if not left:
+    if not tracker.unlogged:
         return None
-    return (f"{describe(left)}; the store did not answer. Kept in {tracker.unlogged_path}; once it answers, "
-            "the same command with resume=auto re-logs them into this run")
+    return (f"{describe(tracker.unlogged)}; the store did not answer. Kept in {tracker.unlogged_path}; once it "
+            "answers, the same command with resume=auto re-logs them into this run")
 
 
 def _print_summary(cfg: Config, result: JobResult, unlogged: Optional[str] = None) -> None:

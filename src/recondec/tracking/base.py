@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 class Tracker:
     run_id: Optional[str] = None
+    unlogged: tuple = ()                  # the calls the store never took (MlflowTracker, after finish)
+    unlogged_path: Optional[Path] = None  # where they are kept for resume=auto to re-log
 
     def log_params(self, params: dict[str, Any]) -> None:
         """The flattened config."""
