@@ -20,6 +20,8 @@ from recondec.config import (
     Config,
     ConfigError,
     DataConf,
+    Downsample,
+    Study,
     _require,
     check_schema,
     dataset_kind,
@@ -30,6 +32,7 @@ def validate(composed: DictConfig) -> Config:
     """The typed config, every check passed, data.mean / data.std filled in."""
     cfg = check_schema(composed)
     check_backbone(cfg.backbone)
+    check_levels(cfg)
     if cfg.data.num_classes is None:
         cfg.filled.append("data.num_classes")
     check_data(cfg.data)
@@ -90,6 +93,13 @@ def check_backbone(backbone: BackboneConf) -> None:
     _require(backbone.batch_norm is None or spec.batch_norm_option, "backbone.batch_norm",
              f"null for backbone={backbone.name} (its layout is fixed: vgg16 / vgg16_bn for VGG-16 without / with "
              "batch norm; vgg16_small takes true or false)", backbone.batch_norm)
+    _require(backbone.downsample is None or spec.downsample_option, "backbone.downsample",
+             f"null for backbone={backbone.name} (only the ResNets take stride or pool)", _value(backbone.downsample))
+    names = backbone.pretrained is not None and not Path(backbone.pretrained).is_file()  # torchvision's weights
+    _require(backbone.downsample is not Downsample.pool or not names, "backbone.downsample",
+             f"stride or null with backbone.pretrained={backbone.pretrained!r} (torchvision's weights were trained "
+             "with stride-2 convolutions; pool is for training from scratch, or a local file trained with it)",
+             _value(backbone.downsample))
     if backbone.pretrained is not None:
         try:  # a weights name is fetched into torch.hub's cache now, so a job never fails on it later
             weights = torchvision_weights(backbone.name, backbone.pretrained)
@@ -97,6 +107,30 @@ def check_backbone(backbone: BackboneConf) -> None:
                 ensure_cached(weights)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(str(e)) from None
+
+
+def check_levels(cfg: Config) -> None:
+    """variant.decode_from and recon.levels name levels of the backbone; recon.levels null: all of them."""
+    from recondec.models.backbones import BACKBONES
+
+    levels = list(BACKBONES[cfg.backbone.name].levels)
+    if not levels:  # a backbone registered without its level names: the model checks decode_from when built
+        _require(cfg.study is not Study.recon or cfg.recon.levels is not None, "recon.levels",
+                 f"a list of levels (backbone={cfg.backbone.name} does not name its own)", None)
+        return
+    _require(cfg.variant.decode_from in [None, *levels], "variant.decode_from", f"null or one of {levels}",
+             cfg.variant.decode_from)
+    if cfg.study is not Study.recon:
+        return
+    if cfg.recon.levels is None:
+        cfg.recon.levels = levels
+        cfg.filled.append("recon.levels")
+    unknown = [lv for lv in cfg.recon.levels if lv not in levels]
+    _require(not unknown, "recon.levels", f"levels of backbone={cfg.backbone.name}: {levels}", cfg.recon.levels)
+
+
+def _value(option):
+    return option.value if option is not None else None
 
 
 def check_data(data: DataConf) -> None:

@@ -183,6 +183,11 @@ class DeadDecoder(enum.StrEnum):
     warn = "warn"    # logged, and the run goes on
 
 
+class Downsample(str, enum.Enum):
+    stride = "stride"  # stride-2 convolutions, as published (torchvision's weights)
+    pool = "pool"      # each stride-2 conv at stride 1, then a 2x2 max-pool: switches at every stage (from scratch)
+
+
 class DecoderInit(str, enum.Enum):
     reference = "reference"  # the reference prototxts: N(0, 0.001^2) (fc decoders 0.01), biases 0
     he = "he"                # He (Kaiming) normal for the ReLUs that follow, biases 0: torchvision's convention
@@ -222,6 +227,8 @@ class BackboneConf(Checked):
     # batch norm after every encoder conv (never in the decoders, as in the paper). null: the backbone's own
     # (vgg16_bn has it, the others do not); true / false only where the backbone lets you choose (vgg16_small)
     batch_norm: Optional[bool] = None
+    # how a ResNet halves the size (null: stride, its published form); `pool` gives SWWAE switches at every stage
+    downsample: Optional[Downsample] = None
     # a local torchvision-format state dict, or torchvision's weights name for it (IMAGENET1K_V1, DEFAULT)
     pretrained: Optional[str] = None
     channel_order: ChannelOrder = ChannelOrder.rgb  # what the weights expect; the data stays RGB
@@ -479,12 +486,13 @@ class ReconStudyConf(Checked):
     """The reconstruction study (study=recon): decoders trained on a frozen classifier, one per level. The
     classifier is backbone.pretrained, or trained once and cached (classifier.epochs)."""
     decoder_epochs: int = count(3, low=1)
-    levels: list[str] = field(default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5",
-                                                       "fc6", "fc7", "fc8"])
+    # null: every level of the backbone (VGG: pool1 .. pool5, fc6 .. fc8; ResNet: stem, layer1 .. layer4, avgpool, fc)
+    levels: Optional[list[str]] = None
     figure_images: int = count(4, low=1)
 
     def check(self, at: str) -> None:
-        _require(bool(self.levels), f"{at}.levels", "a non-empty list of levels", self.levels)
+        _require(self.levels is None or bool(self.levels), f"{at}.levels", "null or a non-empty list of levels",
+                 self.levels)
 
 
 @dataclass

@@ -152,3 +152,26 @@ def test_recon_imagenet_preset_trains_decoders_on_the_frozen_pretrained_vgg16(co
     assert "| fc8 |" in (tmp_path / "recon_table.md").read_text()
     frozen = torch.load(tmp_path / "swwae_from_fc8" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert torch.equal(frozen["encoder.features.0.weight"], torch.load(weights)["features.0.weight"])
+
+
+def test_recon_fmnist_resnet_preset_reconstructs_every_level_of_a_resnet_with_switches(compose_cfg):
+    conf = validate(compose_cfg("experiment=recon_fmnist_resnet"))
+    assert (conf.backbone.name, conf.backbone.downsample.value) == ("resnet18_small", "pool")
+    assert conf.recon.levels == ["stem", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
+    with pytest.raises(ConfigError, match=r"^recon\.levels=\['pool4'\] is invalid: allowed levels of "
+                                          r"backbone=resnet18_small: \['stem'"):
+        validate(compose_cfg("experiment=recon_fmnist_resnet", "recon.levels=[pool4]"))
+    with pytest.raises(ConfigError, match=r"^variant\.decode_from='fc7' is invalid: allowed null or one of \['stem'"):
+        validate(compose_cfg("backbone=resnet18_small", "variant=swwae_first", "variant.decode_from=fc7"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_recon_fmnist_resnet_preset_runs(compose_cfg, tmp_path):
+    overrides = ["experiment=recon_fmnist_resnet", "classifier.epochs=1", "recon.decoder_epochs=1",
+                 f"classifier.cache_dir={tmp_path}/classifiers", "recon.levels=[layer2,avgpool]",
+                 "recon.figure_images=2", "trainer.dead_decoder=warn", *PRESET_TINY]
+    results = run_recon_study(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))
+    assert set(results) == {"sae_from_layer2", "swwae_from_layer2", "sae_from_avgpool", "swwae_from_avgpool"}
+    assert all("val/psnr/image" in m for m in results.values())
+    assert "| layer2 |" in (tmp_path / "recon_table.md").read_text()

@@ -14,8 +14,8 @@ import torch.nn as nn
 from recondec.config import BackboneConf, ChannelOrder, DecoderInit, LossLevels, Topology, Unpool, VariantConf
 from recondec.models.backbones import Encoder, EncoderOutput, build_encoder, load_pretrained
 from recondec.models.decoders import FCDecoder, LayerwiseDecoder, StackedDecoder, init_decoder, level_name
+from recondec.models.resnets import ResNetEncoder
 
-FC_LEVELS = ("fc6", "fc7", "fc8")
 log = logging.getLogger(__name__)
 
 
@@ -32,13 +32,12 @@ class AugmentedOutput:
 
 
 class AugmentedNet(nn.Module):
-    def __init__(self, encoder: Encoder, variant: VariantConf, image_size: int, num_classes: int,
-                 fc_width: int = 4096, channel_order: ChannelOrder = ChannelOrder.rgb,
-                 decoder_init: DecoderInit = DecoderInit.reference):
+    def __init__(self, encoder: Encoder | ResNetEncoder, variant: VariantConf, image_size: int,
+                 channel_order: ChannelOrder = ChannelOrder.rgb, decoder_init: DecoderInit = DecoderInit.reference):
         super().__init__()
         self.encoder, self.variant, self.image_size = encoder, variant, image_size
         self.bgr = channel_order is ChannelOrder.bgr  # Caffe-converted weights read BGR
-        self.decoder = self._build_decoder(variant, fc_width, num_classes)
+        self.decoder = self._build_decoder(variant)
         if self.decoder is not None:
             init_decoder(self.decoder, decoder_init)
         self.encoder_frozen = False
@@ -57,7 +56,7 @@ class AugmentedNet(nn.Module):
             return []
         return self.levels if self.variant.losses is LossLevels.all else ["image"]
 
-    def _build_decoder(self, v: VariantConf, fc_width: int, num_classes: int) -> Optional[nn.Module]:
+    def _build_decoder(self, v: VariantConf) -> Optional[nn.Module]:
         layers = self.encoder.macro_layers
         top = len(layers) - 1
         if v.topology is Topology.none:
@@ -65,13 +64,15 @@ class AugmentedNet(nn.Module):
         if v.topology is Topology.layerwise:
             return LayerwiseDecoder(layers, v.unpool, top)
         names = [m.name for m in layers]
-        if v.decode_from is None or v.decode_from in FC_LEVELS:
+        fc_levels = self.encoder.fc_levels
+        if v.decode_from is None or v.decode_from in fc_levels:
             fc = None
             if v.decode_from is not None:
-                fc = FCDecoder(v.decode_from, fc_width, num_classes, self.encoder.top_shape(self.image_size))
+                fc = FCDecoder(v.decode_from, fc_levels, self.encoder.fc_features,
+                               self.encoder.top_shape(self.image_size))
             return StackedDecoder(layers, v.unpool, top, fc, v.decode_from)
         if v.decode_from not in names:
-            raise ValueError(f"variant.decode_from={v.decode_from!r} is invalid: allowed {names + list(FC_LEVELS)}")
+            raise ValueError(f"variant.decode_from={v.decode_from!r} is invalid: allowed {names + list(fc_levels)}")
         return StackedDecoder(layers, v.unpool, names.index(v.decode_from))
 
     # ------------------------------------------------------------ training stages
@@ -125,6 +126,8 @@ class Classifier(nn.Module):
 
 def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) -> AugmentedNet:
     options = {} if backbone.batch_norm is None else {"batch_norm": backbone.batch_norm}
+    if backbone.downsample is not None:  # the ResNets' choice (checks.py refuses it elsewhere)
+        options["downsample"] = backbone.downsample.value
     encoder = build_encoder(backbone.name, num_classes, backbone.image_size, width=backbone.width,
                             dropout=backbone.dropout, classifier_width=backbone.classifier_width, **options)
     if backbone.pretrained:
@@ -132,9 +135,4 @@ def build_model(backbone: BackboneConf, variant: VariantConf, num_classes: int) 
         if skipped:
             log.warning("pretrained weights: %d tensors kept their initialisation (shape differs): %s",
                         len(skipped), ", ".join(skipped))
-    return AugmentedNet(encoder, variant, backbone.image_size, num_classes, _fc_width(encoder),
-                        backbone.channel_order, backbone.decoder_init)
-
-
-def _fc_width(encoder: Encoder) -> int:
-    return next(m.out_features for m in encoder.classifier if isinstance(m, nn.Linear))
+    return AugmentedNet(encoder, variant, backbone.image_size, backbone.channel_order, backbone.decoder_init)

@@ -5,7 +5,8 @@ torchvision state dict loads unchanged (``alexnet_caffe``, the authors' Caffe ne
 Caffe does). Its *description* (``macro_layers``) says where each macro-layer starts and ends inside
 ``features`` and which convolutions and pooling it holds; decoders are derived from that description alone
 (a backbone whose reference decoder is not the mirror of its encoder writes that decoder into it). A new
-backbone is one builder function registered in ``BACKBONES`` plus a ``conf/backbone/<name>.yaml``.
+backbone is one builder function registered in ``BACKBONES`` (with its level names) plus a
+``conf/backbone/<name>.yaml``; a ResNet (resnets.py) describes its macro-layers as residual units.
 """
 from __future__ import annotations
 
@@ -22,74 +23,21 @@ from torchvision.models import WeightsEnum, get_model_weights
 from torchvision.models import alexnet as tv_alexnet
 from torchvision.models.vgg import make_layers
 
-
-@dataclass(frozen=True)
-class ConvSpec:
-    in_channels: int
-    out_channels: int
-    kernel_size: int
-    stride: int
-    padding: int
-    groups: int = 1
-
-
-@dataclass(frozen=True)
-class DecoderConv(ConvSpec):
-    """One decoder layer written out by a backbone whose reference decoder is not the plain mirror of its
-    encoder: in -> out channels, stride 1 a conv, stride > 1 a transposed conv (Caffe's Deconvolution) to the
-    size of the level it reconstructs. Weights start N(0, 0.001^2) like every decoder conv; `bias` is the
-    initial bias."""
-    bias: float = 0.0
-
-
-@dataclass(frozen=True)
-class DecoderFC:
-    """Initialisation of the fc decoder layer that mirrors encoder layer `mirrors` ("fc6", "fc7", "fc8")."""
-    mirrors: str
-    std: float
-    bias: float = 0.0
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    kernel_size: int
-    stride: int
-    padding: int = 0
-    ceil_mode: bool = False
-
-    @property
-    def overlapping(self) -> bool:
-        return self.kernel_size > self.stride
-
-
-@dataclass(frozen=True)
-class MacroLayer:
-    """features[start:end] of the encoder: convs (with BN/ReLU) optionally ending in one max-pool."""
-    name: str                      # the name of its output, e.g. "pool3" or "conv4"
-    start: int
-    end: int
-    convs: tuple[ConvSpec, ...]
-    pool: Optional[PoolSpec]
-    # A backbone whose reference decoder is not the mirror of its encoder says so here (alexnet_caffe):
-    decoder_convs: Optional[tuple[DecoderConv, ...]] = None  # g_l in decode order; None: mirror `convs`
-    fc_decoder: tuple[DecoderFC, ...] = ()  # top layer only: init of the fc decoder that produces its output
-
-    @property
-    def in_channels(self) -> int:
-        return self.convs[0].in_channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.convs[-1].out_channels
-
-
-@dataclass
-class EncoderOutput:
-    activations: list[torch.Tensor]             # a_1 .. a_L, one per macro-layer
-    switches: list[Optional[torch.Tensor]]      # max-pool argmax indices per macro-layer (None: not asked / no pool)
-    pre_pool_sizes: list[tuple[int, int]]       # spatial size before each macro-layer's pool
-    fc: dict[str, torch.Tensor]                 # "fc6", "fc7" (post-ReLU) and "fc8" (the logits)
-    logits: torch.Tensor
+from recondec.models.description import (
+    ConvSpec,
+    DecoderConv,
+    DecoderFC,
+    EncoderOutput,
+    MacroLayer,
+    PoolSpec,
+)
+from recondec.models.resnets import (
+    STAGE_NAMES,
+    ResNetEncoder,
+    build_resnet18,
+    build_resnet18_small,
+    build_resnet50,
+)
 
 
 def describe(features: nn.Sequential, names: list[str]) -> tuple[MacroLayer, ...]:
@@ -121,6 +69,8 @@ def _int(v) -> int:
 class Encoder(nn.Module):
     """A classifier whose forward also returns every macro-layer output and the pooling switches."""
 
+    fc_levels = ("fc6", "fc7", "fc8")  # the fc activations a decoder may start from, bottom first
+
     def __init__(self, features: nn.Sequential, avgpool: nn.Module, classifier: nn.Sequential,
                  level_names: list[str], fc_taps: dict[str, int],
                  decoder_convs: Optional[Mapping[str, tuple[DecoderConv, ...]]] = None,
@@ -137,6 +87,12 @@ class Encoder(nn.Module):
         layers = tuple(replace(m, decoder_convs=decoder_convs.get(m.name)) for m in layers)
         self.macro_layers = layers[:-1] + (replace(layers[-1], fc_decoder=tuple(fc_decoder)),)
         self.fc_taps = fc_taps  # name -> index in classifier whose output is that fc activation
+
+    @property
+    def fc_features(self) -> dict[str, int]:
+        """The width of each fc level."""
+        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        return {name: m.out_features for name, m in zip(self.fc_levels, linears, strict=True)}
 
     def forward(self, x: torch.Tensor, need_switches: bool = False) -> EncoderOutput:
         acts, switches, sizes = [], [], []
@@ -295,19 +251,31 @@ class BackboneSpec:
     size_rule: str
     accepts_size: Callable[[int], bool]
     batch_norm_option: bool = False  # its builder takes batch_norm= (backbone.batch_norm true / false)
+    levels: tuple[str, ...] = ()     # the levels a decoder starts from: macro-layers, then fc levels
+    downsample_option: bool = False  # its builder takes downsample= (backbone.downsample stride / pool)
 
 
+VGG_ALL = (*VGG_LEVELS, *Encoder.fc_levels)
+ALEXNET_ALL = (*ALEXNET_LEVELS, *Encoder.fc_levels)
+RESNET_ALL = (*STAGE_NAMES, *ResNetEncoder.fc_levels)
 BACKBONES: dict[str, BackboneSpec] = {
-    "vgg16": BackboneSpec(build_vgg16, "an integer >= 32", lambda s: s >= 32),
-    "vgg16_bn": BackboneSpec(build_vgg16_bn, "an integer >= 32", lambda s: s >= 32),
+    "vgg16": BackboneSpec(build_vgg16, "an integer >= 32", lambda s: s >= 32, levels=VGG_ALL),
+    "vgg16_bn": BackboneSpec(build_vgg16_bn, "an integer >= 32", lambda s: s >= 32, levels=VGG_ALL),
     "vgg16_small": BackboneSpec(build_vgg16_small, "a positive multiple of 32 (e.g. 32, 64)",
-                                lambda s: s >= 32 and s % 32 == 0, batch_norm_option=True),
-    "alexnet": BackboneSpec(build_alexnet, "an integer >= 63", lambda s: s >= 63),
-    "alexnet_caffe": BackboneSpec(build_alexnet_caffe, "an integer >= 67 (227 in the paper)", lambda s: s >= 67),
+                                lambda s: s >= 32 and s % 32 == 0, batch_norm_option=True, levels=VGG_ALL),
+    "alexnet": BackboneSpec(build_alexnet, "an integer >= 63", lambda s: s >= 63, levels=ALEXNET_ALL),
+    "alexnet_caffe": BackboneSpec(build_alexnet_caffe, "an integer >= 67 (227 in the paper)", lambda s: s >= 67,
+                                  levels=ALEXNET_ALL),
+    "resnet18": BackboneSpec(build_resnet18, "an integer >= 32", lambda s: s >= 32, levels=RESNET_ALL,
+                             downsample_option=True),
+    "resnet50": BackboneSpec(build_resnet50, "an integer >= 32", lambda s: s >= 32, levels=RESNET_ALL,
+                             downsample_option=True),
+    "resnet18_small": BackboneSpec(build_resnet18_small, "an integer >= 8", lambda s: s >= 8, levels=RESNET_ALL,
+                                   downsample_option=True),
 }
 
 
-def build_encoder(name: str, num_classes: int, image_size: int, **kwargs) -> Encoder:
+def build_encoder(name: str, num_classes: int, image_size: int, **kwargs) -> Encoder | ResNetEncoder:
     if name not in BACKBONES:
         raise KeyError(f"backbone.name={name!r} is unknown: allowed {sorted(BACKBONES)}")
     spec = BACKBONES[name]
@@ -317,7 +285,8 @@ def build_encoder(name: str, num_classes: int, image_size: int, **kwargs) -> Enc
 
 
 # backbones whose module layout is torchvision's: backbone.pretrained may name torchvision's weights for them
-TORCHVISION_NAMES = {"vgg16": "vgg16", "vgg16_bn": "vgg16_bn", "alexnet": "alexnet"}
+TORCHVISION_NAMES = {"vgg16": "vgg16", "vgg16_bn": "vgg16_bn", "alexnet": "alexnet", "resnet18": "resnet18",
+                     "resnet50": "resnet50"}
 
 
 def weights_names(backbone: str) -> list[str]:

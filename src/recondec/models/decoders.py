@@ -16,7 +16,17 @@ import torch
 import torch.nn as nn
 
 from recondec.config import DecoderInit, Unpool
-from recondec.models.backbones import ConvSpec, DecoderConv, DecoderFC, EncoderOutput, MacroLayer
+from recondec.models.description import (
+    DOWNSAMPLE_POOL,
+    ConvSpec,
+    DecoderConv,
+    DecoderFC,
+    EncoderOutput,
+    MacroLayer,
+    PoolSpec,
+    ResidualUnit,
+    UnitTrace,
+)
 from recondec.models.unpool import fixed_unpool, switch_unpool
 
 INIT_STD = 1e-3     # decoder convs (the reference prototxts)
@@ -35,6 +45,10 @@ def init_decoder(decoder: "StackedDecoder | LayerwiseDecoder", scheme: DecoderIn
         else:
             nn.init.normal_(m.weight, 0.0, std)
             nn.init.constant_(m.bias, bias)
+    if scheme is DecoderInit.he:  # residual branches start closed, so that a residual decoder keeps the scale of
+        for block in decoder.blocks:  # its input (torchvision's zero_init_residual does this with a branch's last BN)
+            for m in block.branch_ends():
+                nn.init.zeros_(m.weight)
 
 
 def mirror(spec: ConvSpec) -> DecoderConv:
@@ -69,6 +83,9 @@ class DecoderBlock(nn.Module):
         """(layer, weight std, bias) of the reference initialisation."""
         return [(conv, INIT_STD, bias) for conv, bias in zip(self.convs, self.init_biases)]
 
+    def branch_ends(self) -> list[nn.Module]:
+        return []  # no residual branch
+
     def forward(self, h: torch.Tensor, switches: Optional[torch.Tensor], pre_pool_size: tuple[int, int],
                 out_size: tuple[int, int]) -> torch.Tensor:
         """`out_size`: spatial size of the reconstructed level (the transposed conv needs it exactly)."""
@@ -102,21 +119,96 @@ def _check_block(layer: MacroLayer, specs: tuple[DecoderConv, ...]) -> None:
                                   "(the last decoder layer, or followed by size-keeping convs)")
 
 
-class FCDecoder(nn.Module):
-    """Maps an fc activation back to the top conv map: fc8 -> 4096 -> 4096 -> C*H*W (ReLU after each)."""
+def unpool_with(unpool: Unpool, h: torch.Tensor, switches: Optional[torch.Tensor], pool: PoolSpec,
+                size: tuple[int, int]) -> torch.Tensor:
+    return switch_unpool(h, switches, pool, size) if unpool is Unpool.switch else fixed_unpool(h, pool, size)
 
-    def __init__(self, level: str, fc_width: int, num_classes: int, top_shape: tuple[int, int, int]):
+
+class ResidualUnitDecoder(nn.Module):
+    """Mirrors one residual unit: its main path's convs in reverse order (out -> in channels; a stride-2 conv by a
+    transposed conv to the unit's input size; a conv followed by a 2x2 max-pool by unpooling, then the conv), a ReLU
+    between them where the encoder has one, the shortcut's 1x1 conv mirrored the same way (identity stays identity),
+    the two summed, then a ReLU unless it is the last layer of the pathway. The stem's max-pool is unpooled first."""
+
+    def __init__(self, unit: ResidualUnit, unpool: Unpool, final_linear: bool):
         super().__init__()
-        in_features = num_classes if level == "fc8" else fc_width
-        hidden = {"fc6": 0, "fc7": 1, "fc8": 2}[level]
+        self.unit, self.unpool, self.final_linear = unit, unpool, final_linear
+        self.main = nn.ModuleList(make_conv(mirror(c)) for c in unit.main)  # main[i] mirrors unit.main[i]
+        self.shortcut = make_conv(mirror(unit.shortcut)) if unit.shortcut is not None else None
+
+    def branch_ends(self) -> list[nn.Module]:
+        """The layer that closes the residual branch (it is added to the shortcut): zero at He init."""
+        return [self.main[0]] if self.unit.residual else []
+
+    def forward(self, h: torch.Tensor, trace: UnitTrace) -> torch.Tensor:
+        u = self.unit
+        if u.maxpool is not None:
+            h = unpool_with(self.unpool, h, trace.maxpool_switches, u.maxpool, trace.maxpool_size)
+        out = h
+        for i in reversed(range(len(self.main))):
+            if i == u.pool_after:
+                out = unpool_with(self.unpool, out, trace.main_switches, DOWNSAMPLE_POOL, trace.pool_size)
+            out = _apply(self.main[i], out, trace.in_size)
+            if i > 0:
+                out = torch.relu(out)
+        if u.residual:
+            skip = h
+            if self.shortcut is not None:
+                if u.pool_after is not None:
+                    skip = unpool_with(self.unpool, skip, trace.shortcut_switches, DOWNSAMPLE_POOL, trace.pool_size)
+                skip = _apply(self.shortcut, skip, trace.in_size)
+            out = out + skip
+        return out if self.final_linear else torch.relu(out)
+
+
+def _apply(conv: nn.Module, h: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    return conv(h, output_size=out_size) if isinstance(conv, nn.ConvTranspose2d) else conv(h)
+
+
+class ResidualStageDecoder(nn.Module):
+    """g_l for a ResNet macro-layer (the stem, layer1 .. layer4): its units mirrored, last unit first. Only the
+    pathway's very last layer (the stem's, to the image) is linear."""
+
+    def __init__(self, layer: MacroLayer, unpool: Unpool, final_linear: bool):
+        super().__init__()
+        self.units = nn.ModuleList(ResidualUnitDecoder(u, unpool, final_linear and i == 0)
+                                   for i, u in enumerate(layer.units))
+
+    def initial_values(self):
+        return [(m, INIT_STD, 0.0) for unit in self.units for m in [*unit.main, unit.shortcut] if m is not None]
+
+    def branch_ends(self) -> list[nn.Module]:
+        return [m for unit in self.units for m in unit.branch_ends()]
+
+    def forward(self, h: torch.Tensor, traces: tuple[UnitTrace, ...], pre_pool_size: tuple[int, int],
+                out_size: tuple[int, int]) -> torch.Tensor:
+        for unit, trace in zip(reversed(self.units), reversed(traces)):
+            h = unit(h, trace)
+        return h
+
+
+def decoder_block(layer: MacroLayer, unpool: Unpool, final_linear: bool) -> nn.Module:
+    """g_l for macro-layer `layer`: the residual mirror for a ResNet's, else the conv / unpool mirror."""
+    if layer.units:
+        return ResidualStageDecoder(layer, unpool, final_linear)
+    return DecoderBlock(layer, unpool, final_linear)
+
+
+class FCDecoder(nn.Module):
+    """Maps an fc activation back to the top conv map through the fc levels below it, each mirrored by a Linear
+    with a ReLU (VGG: fc8 -> 4096 -> 4096 -> C*H*W; ResNet: fc -> avgpool's width -> C*H*W)."""
+
+    def __init__(self, level: str, fc_levels: tuple[str, ...], fc_features: dict[str, int],
+                 top_shape: tuple[int, int, int]):
+        super().__init__()
+        k = fc_levels.index(level)
+        self.mirrors = list(reversed(fc_levels[:k + 1]))  # the encoder fc level each Linear mirrors, in order
+        widths = [fc_features[name] for name in self.mirrors] + [math.prod(top_shape)]
         layers: list[nn.Module] = []
-        for _ in range(hidden):
-            layers += [nn.Linear(in_features, fc_width), nn.ReLU(True)]
-            in_features = fc_width
-        layers += [nn.Linear(in_features, math.prod(top_shape)), nn.ReLU(True)]
+        for n_in, n_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU(True)]
         self.net = nn.Sequential(*layers)
         self.top_shape = top_shape
-        self.mirrors = ["fc8", "fc7", "fc6"][-(hidden + 1):]  # the encoder fc each Linear mirrors, in order
         self.init = {name: (FC_INIT_STD, 0.0) for name in self.mirrors}  # a backbone's reference may set its own
 
     def set_init(self, specs: tuple[DecoderFC, ...]) -> None:
@@ -139,7 +231,7 @@ class StackedDecoder(nn.Module):
                  fc: Optional[FCDecoder] = None, fc_level: Optional[str] = None):
         super().__init__()
         self.layers, self.start = layers, start  # decode from the output of macro-layer `start` (0-based)
-        self.blocks = nn.ModuleList(DecoderBlock(layers[i], unpool, final_linear=(i == 0)) for i in range(start + 1))
+        self.blocks = nn.ModuleList(decoder_block(layers[i], unpool, final_linear=(i == 0)) for i in range(start + 1))
         self.fc, self.fc_level = fc, fc_level
         if fc is not None:  # the fc decoder produces the top layer's output; that layer says how it starts
             fc.set_init(layers[-1].fc_decoder)
@@ -167,7 +259,7 @@ class LayerwiseDecoder(nn.Module):
     def __init__(self, layers: tuple[MacroLayer, ...], unpool: Unpool, top: int):
         super().__init__()
         self.layers = layers
-        self.blocks = nn.ModuleList(DecoderBlock(layers[i], unpool, final_linear=(i == 0)) for i in range(top + 1))
+        self.blocks = nn.ModuleList(decoder_block(layers[i], unpool, final_linear=(i == 0)) for i in range(top + 1))
 
     def initial_values(self):
         return [v for block in self.blocks for v in block.initial_values()]

@@ -35,7 +35,7 @@ def measure_term_shares(cfg: Config, batches: int = 2) -> tuple[dict[str, float]
                             train_crop=cfg.schedule.train_crop, crop_padding=cfg.schedule.crop_padding)
     model = build_model(cfg.backbone, cfg.variant, cfg.data.num_classes).eval()
     loss_fn = build_loss(model, cfg.loss, cfg.data.std)
-    conv1 = next(m for m in model.encoder.features if isinstance(m, torch.nn.Conv2d)).weight
+    conv1 = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)).weight
     weights = {"ce": loss_fn.classification_weight, **{f"recon/{k}": w for k, w in loss_fn.weights.items()}}
     rms, value, grad = defaultdict(float), defaultdict(float), defaultdict(float)
     loaders.train.set_epoch(0)

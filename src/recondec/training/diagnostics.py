@@ -38,7 +38,8 @@ class DeadDecoderError(RuntimeError):
 
 
 def encoder_convs(model: AugmentedNet) -> list[nn.Conv2d]:
-    return [m for m in model.encoder.features if isinstance(m, nn.Conv2d)]
+    return [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]  # in forward order (a ResNet: with
+    # its shortcut convs)
 
 
 def spread(t: torch.Tensor) -> float:
