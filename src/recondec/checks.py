@@ -166,7 +166,8 @@ def _count_classes(train: Path, given) -> int:
 def fill_normalisation(cfg: Config) -> None:
     """data.mean / data.std left null: those of the torchvision weights named by backbone.pretrained (their
     transforms' metadata), else ImageNet's. (Their resize / crop sizes, 256 / 224 for every weights of the
-    torchvision backbones here, are the loaders' fixed 256/224 ratio and backbone.image_size.)"""
+    torchvision backbones here but resnet50's IMAGENET1K_V2 (DEFAULT: 232 / 224), are the loaders' fixed 256/224
+    ratio and backbone.image_size.)"""
     cfg.filled += [f"data.{key}" for key in ("mean", "std") if getattr(cfg.data, key) is None]
     if cfg.data.mean is not None and cfg.data.std is not None:
         return

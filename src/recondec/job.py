@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recondec.checks import as_dict, as_yaml
-from recondec.config import Config, ConfigError
+from recondec.config import Config, ConfigError, Downsample
 from recondec.data import build_loaders
 from recondec.data.folder_check import log_skipped_images
 from recondec.models import build_loss, build_model
@@ -89,6 +89,8 @@ def pairing_key(cfg: Config) -> str:
     parts = {"seed": cfg.trainer.seed, "start": cfg.logger.tags.get("classifier_key") or cfg.backbone.pretrained,
              "data": [d.name, d.root, d.val_size, d.train_limit, d.labels_per_class, split_seed],
              "batch": cfg.schedule.batch_size, "backbone": [cfg.backbone.name, cfg.backbone.width]}
+    if cfg.backbone.downsample is Downsample.pool:  # another network from the same seed (keys from before it stay)
+        parts["backbone"].append("pool")
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 

@@ -59,11 +59,13 @@ def check_variant_trains_a_step(name, size, downsample, variant):
     assert set(terms) == {"ce", "total"} | {f"recon/{lv}" for lv in expected}
     for level, rec in out.recons.items():
         assert rec.shape == (x if level == "image" else out.targets[level]).shape, level
+    if variant != "baseline":  # the reconstruction alone reaches the encoder's first conv
+        recon = sum(v for k, v in terms.items() if k.startswith("recon/"))
+        (conv1_grad,) = torch.autograd.grad(recon, [model.encoder.conv1.weight], retain_graph=True)
+        assert conv1_grad.abs().sum() > 0
     terms["total"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    if variant != "baseline":  # the reconstruction reaches the encoder's first conv
-        assert model.encoder.conv1.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name,size,downsample", SMALL)
@@ -108,6 +110,43 @@ def test_downsample_pool_gives_switches_at_every_stage(name, size):
     assert (ref.switches[0][0].maxpool_switches is None) == (name == "resnet18_small")
 
 
+@pytest.mark.parametrize("name,size", [("resnet18_small", 33), ("resnet18", 65)])
+@pytest.mark.parametrize("downsample", [None, Downsample.pool])
+def test_odd_sizes_decode_to_the_shapes_of_their_targets_and_top_shape_is_layer4s(name, size, downsample):
+    model = build_model(backbone(name, size, downsample), load_variant("swwae_all"), 5)
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    for level, rec in out.recons.items():
+        assert rec.shape == (x if level == "image" else out.targets[level]).shape, level
+    enc = model.encoder(x)
+    assert model.encoder.top_shape(size) == tuple(enc.activations[-1].shape[1:])
+
+
+@pytest.mark.parametrize("level,mirrors", [("avgpool", ["avgpool"]), ("fc", ["fc", "avgpool"])])
+def test_decoding_from_the_fc_levels_of_a_resnet(level, mirrors):
+    variant = load_variant("swwae_first")
+    variant.decode_from = level
+    model = build_model(backbone("resnet18_small", 32, Downsample.pool), variant, 10)
+    assert model.decoder.fc.mirrors == mirrors
+    linears = [m for m in model.decoder.fc.net if isinstance(m, nn.Linear)]
+    widths = {"fc": 10, "avgpool": 96}  # the logits; layer4's 96 channels, pooled
+    assert [m.in_features for m in linears] == [widths[name] for name in mirrors]
+    assert linears[-1].out_features == 96 * 4 * 4  # layer4's map at 32 px
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).recons["image"].shape == x.shape
+
+
+@pytest.mark.parametrize("downsample", [None, Downsample.pool])
+def test_at_he_init_every_level_of_a_stacked_resnet_decoder_is_live(downsample):
+    """Units that halve the size start with both paths open: their shortcut mirror writes one cell in four, so a
+    closed branch would leave three in four exactly zero (and without gradient behind the ReLU)."""
+    torch.manual_seed(0)
+    model = build_model(backbone("resnet18_small", 32, downsample), load_variant("sae_all"), 10)
+    out = model(torch.randn(4, 3, 32, 32))
+    for level in ("layer1", "stem", "image"):
+        assert (out.recons[level] != 0).float().mean() > 0.3, level
+
+
 def test_torchvision_weights_with_downsample_pool_and_downsample_on_a_vgg_are_refused():
     seed_cache("resnet18", "IMAGENET1K_V1", build_encoder("resnet18", 10, 32).state_dict())
     with pytest.raises(ConfigError, match=r"^backbone\.downsample='pool' is invalid: allowed stride or null with "
@@ -140,7 +179,8 @@ def test_residual_decoders_mirror_each_unit_and_start_with_closed_branches():
     assert isinstance(layer2.main[0], nn.ConvTranspose2d) and layer2.main[0].stride == (2, 2)  # undoes conv1's
     assert isinstance(layer2.shortcut, nn.ConvTranspose2d) and layer2.shortcut.out_channels == 64
     assert stages[1].units[0].shortcut is None  # layer1's identity shortcut stays identity
-    assert all(u.main[0].weight.abs().sum() == 0 for s in stages[1:] for u in s.units)  # He init: branches closed
+    closed = [u.main[0].weight.abs().sum() == 0 for s in stages[1:] for u in s.units]
+    assert closed == [u.shortcut is None for s in stages[1:] for u in s.units]  # He init: identity units start closed
     assert stages[0].units[0].main[0].weight.abs().sum() > 0  # the stem's conv (to the image) is not a branch
 
 

@@ -137,8 +137,10 @@ class ResidualUnitDecoder(nn.Module):
         self.shortcut = make_conv(mirror(unit.shortcut)) if unit.shortcut is not None else None
 
     def branch_ends(self) -> list[nn.Module]:
-        """The layer that closes the residual branch (it is added to the shortcut): zero at He init."""
-        return [self.main[0]] if self.unit.residual else []
+        """The layer that closes the residual branch, zero at He init, where the shortcut is an identity. Not where
+        it is a strided (or unpooled) 1x1 conv: that writes one cell in four, and with the branch closed the rest
+        would start at exactly zero, where the ReLU passes no gradient."""
+        return [self.main[0]] if self.unit.residual and self.unit.shortcut is None else []
 
     def forward(self, h: torch.Tensor, trace: UnitTrace) -> torch.Tensor:
         u = self.unit

@@ -92,7 +92,8 @@ class ResidualUnit:
     except the last), an optional 1x1 shortcut conv (None: identity shortcut; `residual` False: no shortcut at all,
     the stem), and where it halves the size. With `backbone.downsample=stride` a conv of the main path and the
     shortcut have stride 2; with `pool` they have stride 1 and a 2x2 max-pool follows main-path conv `pool_after`
-    and the shortcut conv, so that SWWAE has switches there. The stem may end in a max-pool (`maxpool`)."""
+    (after its batch norm and ReLU) and the shortcut conv (after its batch norm), so that SWWAE has switches there.
+    The stem may end in a max-pool (`maxpool`)."""
     main: tuple[ConvSpec, ...]
     shortcut: Optional[ConvSpec] = None
     residual: bool = True

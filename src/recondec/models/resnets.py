@@ -132,11 +132,10 @@ class ResNetEncoder(nn.Module):
 
     def _stem(self, x: torch.Tensor, need_switches: bool) -> tuple[torch.Tensor, UnitTrace]:
         trace = UnitTrace(_size(x))
-        x = self.conv1(x)
+        x = self.relu(self.bn1(self.conv1(x)))
         if self.macro_layers[0].units[0].pool_after is not None:
             trace.pool_size = _size(x)
             x, trace.main_switches = _pool(x, DOWNSAMPLE_POOL, need_switches)
-        x = self.relu(self.bn1(x))
         if isinstance(self.maxpool, nn.MaxPool2d):
             trace.maxpool_size = _size(x)
             x, trace.maxpool_switches = _pool(x, PoolSpec(3, 2, 1), need_switches)
@@ -147,21 +146,22 @@ class ResNetEncoder(nn.Module):
         trace = UnitTrace(_size(x))
         if not getattr(unit, "halves", False):
             return unit(x), trace  # torchvision's own forward: identical logits
-        # downsample=pool: torchvision's forward with a 2x2 max-pool after the strided conv and the shortcut conv
+        # downsample=pool: torchvision's forward, the strided conv at stride 1 and a 2x2 max-pool of its activation
+        # (after its batch norm and ReLU, as VGG pools: the switches are the argmax of what the next conv reads);
+        # the shortcut conv likewise, after its batch norm
         convs = _main_convs(unit)
         at = _strided_index(unit)
         out = x
         for i, (conv, bn) in enumerate(convs):
-            out = conv(out)
+            out = bn(conv(out))
+            if i < len(convs) - 1:
+                out = unit.relu(out)
             if i == at:
                 trace.pool_size = _size(out)
                 out, trace.main_switches = _pool(out, DOWNSAMPLE_POOL, need_switches)
-            out = bn(out)
-            if i < len(convs) - 1:
-                out = unit.relu(out)
         conv, bn = unit.downsample
-        shortcut, trace.shortcut_switches = _pool(conv(x), DOWNSAMPLE_POOL, need_switches)
-        return unit.relu(out + bn(shortcut)), trace
+        shortcut, trace.shortcut_switches = _pool(bn(conv(x)), DOWNSAMPLE_POOL, need_switches)
+        return unit.relu(out + shortcut), trace
 
 
 def _main_convs(unit: BasicBlock | Bottleneck) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:

@@ -68,6 +68,8 @@ def classifier_key(cfg: Config) -> str:
     backbone = {k: v for k, v in as_dict(cfg.backbone).items() if k not in _NOT_IN_KEY["backbone"]}
     if not backbone["batch_norm"]:
         backbone.pop("batch_norm")  # null and false build the same network: one key
+    if backbone["downsample"] in (None, "stride"):
+        backbone.pop("downsample")  # null and stride build the same network, and keys from before the option stay
     parts = {"data": data, "backbone": backbone}
     parts.update(schedule=schedule, seed=classifier_seed(cfg), precision=str(cfg.trainer.precision),
                  epoch_steps=cfg.trainer.max_steps_per_epoch, classification_weight=cfg.loss.classification)
