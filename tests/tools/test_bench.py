@@ -81,6 +81,15 @@ def test_profile_counts_vgg16_parameters_and_flops_at_224(capsys):
     assert 1.9 < float(table["swwae_all"][4]) < 2.1  # the mirrored decoder costs about as much as the encoder
 
 
+def test_profile_counts_resnet18_parameters_as_torchvision_and_its_mirrored_decoder(capsys):
+    bench.main(["profile", "--variants", "sae_all,swwae_all", "backbone=resnet18", "backbone.image_size=64"])
+    table = table_rows(capsys.readouterr().out)
+    expected = sum(p.numel() for p in torchvision.models.resnet18(num_classes=10).parameters())
+    assert int(table["baseline"][0].replace(",", "")) == expected
+    assert table["sae_all"][1] == table["swwae_all"][1] != "0"  # same decoder, different unpooling
+    assert 1.5 < float(table["swwae_all"][4]) < 2.5  # the mirrored decoder costs about what the encoder costs
+
+
 def test_check_images_benchmark_measures_both_passes_and_extrapolates_to_imagenet(capsys, tmp_path):
     from ..data.conftest import good_tree
 
