@@ -22,6 +22,8 @@ HEAVY = [("resnet50", 64, None), ("resnet50", 64, Downsample.pool)]
 
 
 def backbone(name: str, size: int, downsample=None, **kw) -> BackboneConf:
+    """resnet18_small at width 0.125 (8-16-32-64 channels) unless told: small and quick on a CPU."""
+    kw = {"width": 0.125, **kw} if name == "resnet18_small" else kw
     return BackboneConf(name, image_size=size, downsample=downsample, dropout=0.0, decoder_init=DecoderInit.he, **kw)
 
 
@@ -129,9 +131,9 @@ def test_decoding_from_the_fc_levels_of_a_resnet(level, mirrors):
     model = build_model(backbone("resnet18_small", 32, Downsample.pool), variant, 10)
     assert model.decoder.fc.mirrors == mirrors
     linears = [m for m in model.decoder.fc.net if isinstance(m, nn.Linear)]
-    widths = {"fc": 10, "avgpool": 96}  # the logits; layer4's 96 channels, pooled
+    widths = {"fc": 10, "avgpool": 64}  # the logits; layer4's 64 channels, pooled
     assert [m.in_features for m in linears] == [widths[name] for name in mirrors]
-    assert linears[-1].out_features == 96 * 4 * 4  # layer4's map at 32 px
+    assert linears[-1].out_features == 64 * 4 * 4  # layer4's map at 32 px
     x = torch.randn(2, 3, 32, 32)
     assert model(x).recons["image"].shape == x.shape
 
@@ -186,8 +188,7 @@ def test_residual_decoders_mirror_each_unit_and_start_with_closed_branches():
 
 def test_a_decoder_only_run_on_a_frozen_resnet_raises_image_psnr():
     torch.manual_seed(0)
-    model = build_model(backbone("resnet18_small", 32, Downsample.pool, width=0.125), load_variant("swwae_first"),
-                        10)
+    model = build_model(backbone("resnet18_small", 32, Downsample.pool), load_variant("swwae_first"), 10)
     model.set_encoder_frozen(True)
     loss_fn = build_loss(model, LossConf(weights={"image": 1.0}, form=LossForm.mean), [1.0, 1.0, 1.0])
     x = torch.rand(4, 3, 32, 32) - 0.5
