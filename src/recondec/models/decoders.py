@@ -90,10 +90,7 @@ class DecoderBlock(nn.Module):
                 out_size: tuple[int, int]) -> torch.Tensor:
         """`out_size`: spatial size of the reconstructed level (the transposed conv needs it exactly)."""
         if self.pool is not None:
-            if self.unpool is Unpool.switch:
-                h = switch_unpool(h, switches, self.pool, pre_pool_size)
-            else:
-                h = fixed_unpool(h, self.pool, pre_pool_size)
+            h = unpool_with(self.unpool, h, switches, self.pool, pre_pool_size)
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             if isinstance(conv, nn.ConvTranspose2d):  # strided; the layers after it keep the size
