@@ -218,3 +218,67 @@ def test_the_results_page_still_reads_the_reports_an_earlier_version_wrote(tmp_p
         for c in json.loads(folder.read_text())["comparisons"]:
             against = "" if c["against"] == "baseline" else f" (vs {c['against']})"
             assert f"| {folder.parent.name} | {c['row']}{against} | {c['diff']:+.2f} |" in text
+
+
+def test_a_fine_tuning_grid_reports_the_classifier_it_starts_from(tmp_path):
+    """The row "classifier (start)" is read from the classifiers' own runs (one per seed), paired with the baseline
+    that started from each; the baseline against it is a question of its own, off the claim's table."""
+    from recondec.tracking.report import write_results_page
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    set_experiment(uri, "finetune")
+    start = [92.0, 92.6, 91.8]
+    baseline = [92.3, 92.5, 92.4]
+    for seed in range(3):
+        with mlflow.start_run(tags={"variant": "baseline", "seed": str(seed), "role": "classifier"}) as classifier:
+            mlflow.log_metrics({"val/top1": start[seed] + 1, "test/top1": start[seed]})
+        tags = {"seed": str(seed), "pairing": pairing(seed), "classifier_run": classifier.info.run_id}
+        for variant, top1 in (("baseline", baseline[seed]), ("swwae_all", baseline[seed] + 0.1 * seed)):
+            with mlflow.start_run(tags={"variant": variant, **tags}):
+                mlflow.log_metrics({"val/top1": 95.0, "test/top1": top1})
+    out = tmp_path / "reports" / "finetune_fmnist"
+    write_report(uri, "finetune", out)
+    record = json.loads((out / "comparisons.json").read_text())
+    rows = {r["row"]: r for r in record["rows"]}
+    assert rows["classifier (start)"]["per_seed"] == {"0": 92.0, "1": 92.6, "2": 91.8}
+    assert list(rows)[0] == "classifier (start)"  # where every arm starts, first
+    by_pair = {(c["row"], c["against"]): c for c in record["comparisons"]}
+    kept = by_pair["baseline", "classifier (start)"]
+    diffs = [b - s for b, s in zip(baseline, start, strict=True)]
+    assert kept["design"] == "paired" and kept["diff"] == pytest.approx(mean(diffs))
+    assert kept["p"] == pytest.approx(stats.ttest_rel(baseline, start).pvalue)
+    assert kept["family"] == ["baseline vs classifier (start)"]  # not corrected with the decoders' rows
+    assert ("classifier (start)", "baseline") not in by_pair  # the start is no arm
+    assert by_pair["swwae_all", "baseline"]["family"] == ["swwae_all"]
+    report = (out / "report.md").read_text()
+    assert "| classifier (start) | 3 | 92.13 ± 0.42 |" in report
+    assert "**baseline** no difference from the classifier it starts from detected" in report
+    text = write_results_page(tmp_path / "reports", tmp_path / "results.md").read_text()
+    assert "| finetune_fmnist | swwae_all |" in text and "| finetune_fmnist | baseline (vs" not in text
+
+
+def test_a_classifier_run_the_store_does_not_hold_is_a_clear_error(tmp_path):
+    from recondec.tracking.runs import ReportError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    set_experiment(uri, "finetune")
+    with mlflow.start_run(tags={"variant": "baseline", "seed": "0", "classifier_run": "0" * 32}):
+        mlflow.log_metric("test/top1", 90.0)
+    with pytest.raises(ReportError, match="seed 0's baseline started from the classifier of MLflow run 0000"):
+        write_report(uri, "finetune", tmp_path / "out")
+
+
+def test_each_reconstruction_report_links_its_own_figure(tmp_path):
+    from recondec.tracking.report import write_results_page
+
+    for name in ("recon_fmnist", "recon_fmnist_resnet"):
+        folder = tmp_path / "reports" / name
+        folder.mkdir(parents=True)
+        (folder / "report.md").write_text(f"# {name}\n\n![reconstructions from each level](recon_levels.png)\n")
+        (folder / "recon_levels.png").write_bytes(b"png")
+    text = write_results_page(tmp_path / "reports", tmp_path / "docs" / "results.md").read_text()
+    for name in ("recon_fmnist", "recon_fmnist_resnet"):
+        assert f"](../reports/{name}/recon_levels.png)" in text
+    assert text.count("recon_levels.png") == 2  # shown once each, not again as an unlinked figure

@@ -80,7 +80,9 @@ def classifier_job(cfg: Config, folder: Path) -> Config:
     """The job that trains the classifier: the baseline under the classifier's schedule and seed."""
     return derive(cfg, {
         "variant": variant_option("baseline"), "schedule": classifier_schedule(cfg), "data": classifier_data(cfg),
-        "trainer.seed": classifier_seed(cfg), "trainer.test": False,  # nothing of the test set before the end
+        # the test set read once at the classifier's end, as every run reads it: the report's row "classifier
+        # (start)"; it selects nothing (the preset fixed the classifier's recipe)
+        "trainer.seed": classifier_seed(cfg), "trainer.test": cfg.trainer.test,
         "classifier.epochs": 0, "backbone.pretrained": None, "study": "train", "resume": None,
         "output_dir": str(folder / "run"), "logger.run_name": f"classifier {folder.name}",
         "logger.tags": {"role": "classifier", "classifier_key": folder.name}, "report.preregistered": {}})
@@ -117,7 +119,8 @@ def with_classifier(cfg: Config, overrides: list[str]) -> Config:
             encoder = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
             ckpt.save_atomic(encoder, weights, stamped=False)
             (folder / "classifier.json").write_text(json.dumps(
-                {"run_id": result.run_id, "val/top1": result.metrics.get("val/top1")}, indent=1))
+                {"run_id": result.run_id, "val/top1": result.metrics.get("val/top1"),
+                 "test/top1": result.metrics.get("test/top1")}, indent=1))
     meta = json.loads((folder / "classifier.json").read_text())
     tags = {**cfg.logger.tags, "classifier_key": folder.name, "classifier_run": meta["run_id"]}
     return derive(cfg, {"backbone.pretrained": str(weights), "logger.tags": tags})

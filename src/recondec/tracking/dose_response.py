@@ -14,7 +14,7 @@ from statistics import median
 from typing import Optional
 
 from recondec.tracking.comparisons import Comparison, compare, design_text
-from recondec.tracking.runs import BASELINE, MEDIAN_SHARE, ordered, split_scale
+from recondec.tracking.runs import BASELINE, CLASSIFIER, MEDIAN_SHARE, ordered, split_scale
 from recondec.tracking.tables import fmt_ci, fmt_num
 
 MIN_SHARE = 0.02  # a fraction of the cross-entropy's gradient at the first conv
@@ -47,7 +47,7 @@ def dose_points(table, metric: str) -> list[DosePoint]:
         return []
     points = []
     for row in ordered(table):
-        if row == BASELINE or metric not in table[row]:
+        if row in (BASELINE, CLASSIFIER) or metric not in table[row]:
             continue
         variant, scale = split_scale(row)
         shares = table[row][MEDIAN_SHARE].values if MEDIAN_SHARE in table[row] else []

@@ -13,7 +13,7 @@ from statistics import stdev
 from typing import Callable, Optional
 
 from recondec.tracking.comparisons import ALPHA, compare, family_of, plan_families
-from recondec.tracking.runs import BASELINE, ordered
+from recondec.tracking.runs import BASELINE, CLASSIFIER, ordered
 from recondec.tracking.stats import (
     EQUIVALENCE_MARGIN,
     PLANNING_CONFIDENCE,
@@ -52,7 +52,7 @@ def plan(table, metric: str, registered: Optional[dict], mde: float = EQUIVALENC
     planned = plan_families(table, registered)
     rows = []
     for row in ordered(table):
-        if row == BASELINE or metric not in table[row]:
+        if row in (BASELINE, CLASSIFIER) or metric not in table[row]:
             continue
         c = compare(table[row][metric], table[BASELINE][metric])
         diffs = [table[row][metric].by_seed[s] - table[BASELINE][metric].by_seed[s] for s in c.paired_seeds]

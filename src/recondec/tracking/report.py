@@ -26,6 +26,7 @@ from recondec.tracking.results_page import write_results_page
 from recondec.tracking.runs import (
     SUMMARY_TAG,
     ReportError,
+    add_classifier_row,
     baseline_target,
     collect,
     common_param,
@@ -44,6 +45,7 @@ __all__ = ["write_report", "write_recon_report", "write_power_plan", "write_resu
 def _reported_table(tracking_uri: str, experiment: str, sweep: Optional[str]):
     runs = finished_runs(tracking_uri, experiment, sweep)
     table = collect(runs)
+    add_classifier_row(tracking_uri, runs, table)  # a fine-tuning grid's start, from the classifiers' own runs
     if not table:
         raise ReportError(f"experiment {experiment!r} has no finished runs to report on"
                           + (f" in sweep {sweep!r}" if sweep else ""))

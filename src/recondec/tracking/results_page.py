@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
 from recondec.config import REPO_ROOT
 from recondec.tracking.comparisons import ALPHA
-from recondec.tracking.runs import BASELINE
+from recondec.tracking.runs import BASELINE, CLASSIFIER
 from recondec.tracking.stats import EQUIVALENCE_MARGIN
 from recondec.tracking.tables import fmt_ci, fmt_num
 
 SCOPE_FILE = REPO_ROOT / "docs" / "results_scope.md"
 # the page's order: the label budgets from fewest labels, then the rest; any other report follows by name
 DOCS_ORDER = ["lowlabel_fmnist", "lowlabel_fmnist_k100", "semi_fmnist", "finetune_fmnist_low", "finetune_fmnist",
-              "recon_fmnist"]
+              "recon_fmnist", "recon_fmnist_resnet"]
 # the label budget and start of each experiment the across-budget plot shows
 BUDGETS = {"lowlabel_fmnist": ("10 per class", "from scratch"),
            "lowlabel_fmnist_k100": ("100 per class", "from scratch"),
@@ -103,6 +104,7 @@ def claim_lines(folders: list[Path], scope: str) -> list[str]:
         comparisons = _comparisons(folder)
         if comparisons is None:
             continue
+        comparisons = [c for c in comparisons if c["against"] != CLASSIFIER]  # the fine-tuning's, not the claim's
         power += [line for line in [_power_line(folder, comparisons)] if line]
         helped += [_named(folder, c) for c in comparisons if _significant(c) and c["diff"] > 0]
         hurt += [_named(folder, c) for c in comparisons if _significant(c) and c["diff"] <= 0]
@@ -130,10 +132,11 @@ def label_budgets(folders: list[Path]) -> list[tuple[str, dict[str, dict]]]:
 def report_lines(folder: Path, rel: str) -> list[str]:
     """One experiment's report.md a heading level down, and its figures report.md does not show."""
     body = (folder / "report.md").read_text().splitlines()
+    body = [re.sub(r"\]\(([^/)]+\.png)\)", rf"]({rel}/{folder.name}/\1)", line) for line in body]  # from docs/
     lines = ["", f"## {folder.name}", "", f"Folder: [`reports/{folder.name}/`]({rel}/{folder.name}/report.md).",
              *[("#" + line if line.startswith("#") else line) for line in body[1:]]]
     return lines + [f"![{png.stem}]({rel}/{folder.name}/{png.name})" for png in sorted(folder.glob("*.png"))
-                    if png.name not in "\n".join(body)]
+                    if f"/{png.name})" not in "\n".join(body)]
 
 
 def write_results_page(reports_dir: Path, page: Path, scope_file: Path = SCOPE_FILE) -> Path:
@@ -154,7 +157,6 @@ def write_results_page(reports_dir: Path, page: Path, scope_file: Path = SCOPE_F
     for folder in folders:
         lines += report_lines(folder, rel)
     text = "\n".join(lines) + "\n"
-    text = text.replace("](recon_levels.png)", f"]({rel}/recon_fmnist/recon_levels.png)")
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text)
     return page

@@ -19,6 +19,7 @@ from recondec.config import variant_names
 from recondec.tracking.stats import CONFIDENCE
 
 BASELINE = "baseline"
+CLASSIFIER = "classifier (start)"  # the cached classifier a fine-tuning grid starts from (its own run)
 UNLABELLED = "+unlabelled"
 SUMMARY_TAG = "summary"
 VARIANT_ORDER = variant_names()
@@ -101,6 +102,8 @@ def seed_order(seed) -> tuple:
 def ordered(rows) -> list[str]:
     """Rows in the paper's variant order, without the unlabelled images before with them, by loss scale."""
     def key(row: str):
+        if row == CLASSIFIER:
+            return (-1, "", False, 0.0, row)  # where every arm starts: first
         name, scale = split_scale(row)
         variant = name.split("+")[0]
         rank = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
@@ -166,6 +169,34 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
                 stat.by_seed[seed] = value
                 stat.pairing[seed] = run.data.tags.get("pairing", "")
     return table
+
+
+def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]]) -> None:
+    """The row CLASSIFIER, in place: for each seed, the metrics of the classifier run that seed's baseline started
+    from (tag ``classifier_run``), paired with that baseline (the same start). Nothing when the baseline starts
+    from no cached classifier."""
+    client = mlflow.MlflowClient(tracking_uri)
+    started = {r.data.tags.get("seed", r.info.run_id): r for r in runs
+               if row_name(r) == BASELINE and "classifier_run" in r.data.tags}
+    if not started:
+        return
+    stats: dict[str, Stat] = {}
+    classifiers: dict[str, object] = {}
+    for seed, run in started.items():
+        run_id = run.data.tags["classifier_run"]
+        if run_id not in classifiers:
+            try:
+                classifiers[run_id] = client.get_run(run_id)
+            except mlflow.exceptions.MlflowException as e:
+                raise ReportError(f"seed {seed}'s baseline started from the classifier of MLflow run {run_id}, which "
+                                  f"{tracking_uri} does not hold ({type(e).__name__})") from None
+        classifier = classifiers[run_id]
+        for key in ("val/top1", "val/top5", "test/top1", "test/top5"):
+            if key in classifier.data.metrics:
+                stat = stats.setdefault(key, Stat())
+                stat.by_seed[seed] = classifier.data.metrics[key]
+                stat.pairing[seed] = run.data.tags.get("pairing", "")
+    table[CLASSIFIER] = stats
 
 
 def reported_split(table) -> str:

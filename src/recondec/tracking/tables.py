@@ -10,6 +10,7 @@ import math
 from typing import Optional
 
 from recondec.tracking.comparisons import (
+    AGAINST_START,
     EXPLORATORY,
     WITH_UNLABELLED,
     Comparison,
@@ -98,6 +99,9 @@ def family_intro(family: Family) -> str:
     if family.name == EXPLORATORY:
         return (f"**Exploratory** (not pre-registered): the comparisons no pre-registered family names, corrected "
                 f"among themselves (Holm over these {m}); leads for a next pre-registered grid, not findings.")
+    if family.name == AGAINST_START:
+        return ("The fine-tuned baseline against the classifier every arm starts from (not about the decoders: does "
+                "the fine-tuning keep its start?).")
     if family.name == WITH_UNLABELLED:
         return (f"Top-1 with the unlabelled images against the same variant without them (not pre-registered; Holm "
                 f"over these {m}).")
