@@ -111,13 +111,34 @@ def test_the_baseline_is_held_against_the_target_the_preset_states(report):
     assert baseline_target_record(table, "test/top1", None) is None
 
 
-def test_a_loss_weight_sweep_gets_its_dose_response(report):
-    out, _, _ = report
-    assert (out / "dose_response.png").stat().st_size > 1000
-    lines = (out / "dose_response.md").read_text().splitlines()
+def test_a_loss_weight_sweep_on_validation_chooses_its_scale(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    set_experiment(uri, "pilot")
+    for row in ("baseline", "swwae_all", "swwae_all@10"):
+        tags, top1, share = ROWS[row]
+        for seed, value in enumerate(top1):
+            with mlflow.start_run(tags={**tags, "seed": str(seed), "pairing": f"start{seed}"}):
+                metrics = {"val/top1": value}
+                if share is not None:
+                    metrics["run_median/grad_share/recon/first_conv"] = share * (1 + seed / 10)
+                mlflow.log_metrics(metrics, step=1)
+    write_report(uri, "pilot", tmp_path / "out")
+    assert (tmp_path / "out" / "dose_response.png").stat().st_size > 1000
+    lines = (tmp_path / "out" / "dose_response.md").read_text().splitlines()
     swwae = [line for line in lines if line.startswith("| swwae_all | ")]
     assert [line.split(" | ")[1] for line in swwae] == ["1", "10"]
     assert swwae[1].endswith("| yes |") and not swwae[0].endswith("| yes |")  # 0.8 % share at scale 1: under 2 %
+
+
+def test_a_test_grid_at_several_scales_chooses_nothing(report):
+    """The scales of a test grid are what its preset fixed on validation: its report shows them, choosing none."""
+    out, _, text = report
+    lines = (out / "dose_response.md").read_text().splitlines()
+    swwae = [line for line in lines if line.startswith("| swwae_all | ")]
+    assert [line.split(" | ")[1] for line in swwae] == ["1", "10"]
+    assert "| chosen |" not in lines[4] and "chosen scale" not in "\n".join(lines)
+    assert "the test set chooses nothing" in text
 
 
 def test_runs_that_preregistered_different_questions_are_refused(preregistered_grid, tmp_path):

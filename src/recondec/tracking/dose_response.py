@@ -69,24 +69,30 @@ def chosen_scales(points: list[DosePoint], least: float = MIN_SHARE) -> dict[str
     return chosen
 
 
-def section(points: list[DosePoint]) -> list[str]:
-    """The dose-response table and each variant's chosen scale, as markdown lines."""
-    chosen = chosen_scales(points)
+def section(points: list[DosePoint], choose: bool = True) -> list[str]:
+    """The dose-response table and, when `choose` (a pilot on validation), each variant's chosen scale, as markdown
+    lines. On the test set nothing is chosen: the scales are those the preset fixed from its validation curve."""
+    chosen = chosen_scales(points) if choose else {}
+    rule = (f"Chosen: the best Δ among the scales whose share is at least {MIN_SHARE:.0%}." if choose else
+            "The scales are the preset's, chosen on validation before this grid ran; the test set chooses nothing.")
     lines = [f"Dose-response over the loss scale: top-1 against the baseline per scale, and the reconstruction terms' "
              f"gradient at the encoder's first conv as a share of the cross-entropy's (median over the run, then over "
-             f"the seeds). Chosen: the best Δ among the scales whose share is at least {MIN_SHARE:.0%}.", "",
-             "| variant | loss scale | seeds | test used | Δ top-1 | 95 % CI | median share (%) | chosen |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"the seeds). {rule}", "",
+             "| variant | loss scale | seeds | test used | Δ top-1 | 95 % CI | median share (%) |"
+             + " chosen |" * choose,
+             "|---|---|---|---|---|---|---|" + "---|" * choose]
     for p in points:
-        mark = "yes" if chosen[p.variant] == p.scale else ""
+        mark = (" yes |" if chosen[p.variant] == p.scale else "  |") if choose else ""
         lines.append(f"| {p.variant} | {p.scale:g} | {p.n} | {design_text(p.vs_baseline)} | {p.diff:+.2f} | "
-                     f"{fmt_ci(p.vs_baseline.ci)} | {fmt_num(p.share * 100, '.2f')} | {mark} |")
+                     f"{fmt_ci(p.vs_baseline.ci)} | {fmt_num(p.share * 100, '.2f')} |{mark}")
+    if not choose:
+        return lines
     return lines + ["", *[f"- **{v}**: chosen scale " + (f"{s:g}" if s is not None else
                                                          f"none (no scale reaches {MIN_SHARE:.0%})")
                           for v, s in chosen.items()]]
 
 
-def markdown(points: list[DosePoint], experiment: str) -> str:
+def markdown(points: list[DosePoint], experiment: str, choose: bool = True) -> str:
     """reports/<experiment>/dose_response.md."""
-    return "\n".join([f"# {experiment}: dose-response", "", *section(points), "",
+    return "\n".join([f"# {experiment}: dose-response", "", *section(points, choose), "",
                       "![dose-response](dose_response.png)"]) + "\n"

@@ -105,12 +105,12 @@ def plot_label_budgets(budgets: list[tuple[str, dict[str, dict]]]):
     return fig
 
 
-def plot_dose_response(points: list[DosePoint]):
+def plot_dose_response(points: list[DosePoint], choose: bool = True):
     """Per variant against its loss scale (log axis): Δ top-1 vs the baseline with its CI, and the median
-    reconstruction gradient share (log axis) with the MIN_SHARE line; the chosen scale ringed."""
+    reconstruction gradient share (log axis) with the MIN_SHARE line; the chosen scale ringed when `choose`."""
     plt = _pyplot()
     fig, (delta_ax, share_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    chosen = chosen_scales(points)
+    chosen = chosen_scales(points) if choose else dict.fromkeys(p.variant for p in points)
     for i, variant in enumerate(chosen):
         mine = [p for p in points if p.variant == variant]
         color = f"C{i}"
@@ -130,7 +130,7 @@ def plot_dose_response(points: list[DosePoint]):
         ax.set_xlabel("loss scale")
     share_ax.set_yscale("log")
     delta_ax.set_ylabel("Δ top-1 vs baseline (points)")
-    delta_ax.set_title(f"Δ top-1, {CONFIDENCE:.0%} CI (ringed: the chosen scale)")
+    delta_ax.set_title(f"Δ top-1, {CONFIDENCE:.0%} CI" + " (ringed: the chosen scale)" * choose)
     share_ax.set_ylabel("median recon gradient share, first conv (%)")
     share_ax.set_title("reconstruction share of the gradient")
     share_ax.legend(fontsize=7)

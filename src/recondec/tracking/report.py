@@ -65,10 +65,11 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     head, rest = markdown(table, experiment, found, target).split("\n", 1)
     text = f"{head}\n\n{commands(experiment)} {provenance(runs)}\n{rest}"
     points = dose_response.dose_points(table, metric) if dose_response.has_scales(table) else []
+    choose = metric.startswith("val/")  # a pilot chooses scales; a test grid shows the ones its preset fixed
     if points:
-        text += "\n" + "\n".join(dose_response.section(points)) + "\n"
-        (out_dir / "dose_response.md").write_text(dose_response.markdown(points, experiment))
-        save(plot_dose_response(points), out_dir / "dose_response.png")
+        text += "\n" + "\n".join(dose_response.section(points, choose)) + "\n"
+        (out_dir / "dose_response.md").write_text(dose_response.markdown(points, experiment, choose))
+        save(plot_dose_response(points, choose), out_dir / "dose_response.png")
     (out_dir / "report.md").write_text(text)
     found_records = records(experiment, table, metric, found, registered, target_value,
                             common_param(runs, "data.labels_per_class"))
