@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from recondec.checks import as_dict, as_yaml
-from recondec.config import Config, ConfigError, Downsample
+from recondec.config import Config, ConfigError, Downsample, Topology
 from recondec.data import build_loaders
 from recondec.data.folder_check import log_skipped_images
 from recondec.models import build_loss, build_model
@@ -333,7 +333,7 @@ def _print_summary(cfg: Config, result: JobResult, unlogged: Optional[str] = Non
                      if key in m) or "not evaluated"
     lines = [f"MLflow run id : {result.run_id}  (experiment '{cfg.logger.experiment}', {cfg.logger.tracking_uri})",
              f"top-1         : {top1}",
-             f"objective     : {describe_objective(m)}",
+             f"objective     : {describe_objective(m, cfg.variant.topology is not Topology.none)}",
              f"outputs       : {result.output_dir.resolve()}",
              *([f"not logged    : {unlogged}"] if unlogged else []),
              "compare runs  : mlflow ui  (from the repository root)"]

@@ -160,3 +160,16 @@ def test_the_decoder_probe_judges_collapse_on_the_levels_that_carry_a_loss(compo
                                 None)
         trainer.enter_stage(trainer.stages[0])
         assert seen["levels"] == levels, variant
+
+
+def test_the_summary_line_says_what_the_reconstruction_terms_did():
+    from recondec.training.diagnostics import describe_objective
+
+    baseline = describe_objective({"encoder/rel_change": 0.1})
+    assert baseline == "no reconstruction terms; encoder moved 10.0% from its start"
+    # a decoder trained on a frozen classifier (the reconstruction study) has terms, only none reach the encoder
+    assert describe_objective({"encoder/rel_change": 0.0}, decoders=True).startswith(
+        "reconstruction terms on the decoders only")
+    line = describe_objective({"grad_share/recon/first_conv": 0.05, "grad_share/recon/last_conv": 0.2,
+                               "grad_share/image/first_conv": 0.05}, decoders=True)
+    assert line.startswith("reconstruction gradient = 5.0% of the cross-entropy's at the first conv (image 5.0%)")

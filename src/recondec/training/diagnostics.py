@@ -165,13 +165,16 @@ def run_medians(history: list[dict[str, float]]) -> dict[str, float]:
     return medians
 
 
-def describe_objective(metrics: dict[str, float]) -> str:
-    """One line for the job's summary: how much the reconstruction terms push the encoder, how far it moved."""
+def describe_objective(metrics: dict[str, float], decoders: bool = False) -> str:
+    """One line for the job's summary: how much the reconstruction terms push the encoder, how far it moved.
+    `decoders`: the job has reconstruction terms (a run with no share measured then trained its decoders alone)."""
     moved = metrics.get("encoder/rel_change")
     moved_text = f"encoder moved {100 * moved:.1f}% from its start" if moved is not None else ""
     first = metrics.get("grad_share/recon/first_conv")
     if first is None:
-        return f"no reconstruction terms; {moved_text}" if moved_text else "no reconstruction terms"
+        what = ("reconstruction terms on the decoders only (no end-to-end stage measured their share)" if decoders
+                else "no reconstruction terms")
+        return f"{what}; {moved_text}" if moved_text else what
     last = metrics.get("grad_share/recon/last_conv", float("nan"))
     parts = ", ".join(f"{k.split('/')[1]} {100 * v:.1f}%" for k, v in metrics.items()
                       if k.startswith("grad_share/") and k.endswith("/first_conv") and "/recon/" not in k)
