@@ -33,18 +33,21 @@ def test_finetune_preset_is_the_papers_protocol(compose_cfg):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """What each job's joint stage starts from: the encoder weights and the first batch's labels."""
+    """What each job's joint stage starts from (the encoder weights) and what it steps through: each step's labels
+    and LR."""
     seen = []
     enter, step = Trainer.enter_stage, Trainer.train_step
 
     def enter_stage(self, stage, reseed=True):
         enter(self, stage, reseed)
         if stage.name == "joint":
-            seen.append({"encoder": {k: v.clone() for k, v in self.model.encoder.state_dict().items()}})
+            seen.append({"encoder": {k: v.clone() for k, v in self.model.encoder.state_dict().items()},
+                         "labels": [], "lrs": []})
 
     def train_step(self, x, y):
-        if self.stage.name == "joint" and "labels" not in seen[-1]:
-            seen[-1]["labels"] = y.clone()
+        if self.stage.name == "joint":
+            seen[-1]["labels"].append(y.clone())
+            seen[-1]["lrs"].append(self.optimizer.param_groups[0]["lr"])
         return step(self, x, y)
 
     monkeypatch.setattr(Trainer, "enter_stage", enter_stage)
@@ -71,12 +74,17 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
         tags = mlflow.get_run(result.run_id).data.tags
         assert (tags["classifier_run"], tags["classifier_key"]) == (classifiers[0].info.run_id, folder.name)
     # the joint stage of the baseline and of each variant starts from the cached classifier, bit for bit, and
-    # its first batch is the same (the decoder stages before it neither move the encoder nor shift the order)
+    # steps through the same batches at the same LRs (the decoder stages before it neither move the encoder nor
+    # shift the order)
     assert len(recorded) == 1 + len(VARIANTS)  # the classifier's own job, then the fine-tuning jobs
+    first = recorded[1]
+    assert len(first["lrs"]) > 1
     for job in recorded[1:]:
         assert job["encoder"].keys() == cached.keys()
         assert all(torch.equal(job["encoder"][k], cached[k]) for k in cached)
-        assert torch.equal(job["labels"], recorded[1]["labels"])
+        assert job["lrs"] == first["lrs"]
+        assert len(job["labels"]) == len(first["labels"])
+        assert all(torch.equal(a, b) for a, b in zip(job["labels"], first["labels"], strict=True))
     # another classifier setting is another classifier
     overrides = [*base, "variant=baseline", "classifier.epochs=2"]
     run_job(validate(compose_cfg(*overrides)), JobInfo(overrides=overrides))

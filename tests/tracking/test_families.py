@@ -138,6 +138,7 @@ def test_a_test_grid_at_several_scales_chooses_nothing(report):
     swwae = [line for line in lines if line.startswith("| swwae_all | ")]
     assert [line.split(" | ")[1] for line in swwae] == ["1", "10"]
     assert "| chosen |" not in lines[4] and "chosen scale" not in "\n".join(lines)
+    assert all(line.count("|") == lines[4].count("|") and not line.endswith("| yes |") for line in swwae)
     assert "the test set chooses nothing" in text
 
 

@@ -258,16 +258,46 @@ def test_a_fine_tuning_grid_reports_the_classifier_it_starts_from(tmp_path):
     assert "| finetune_fmnist | swwae_all |" in text and "| finetune_fmnist | baseline (vs" not in text
 
 
-def test_a_classifier_run_the_store_does_not_hold_is_a_clear_error(tmp_path):
-    from recondec.tracking.runs import ReportError
+def _classifier_grid(uri: str, classifier_params: dict, baseline_params: dict, test: bool = True) -> None:
+    """Two seeds of a baseline that started from its own classifier run (which read the test set)."""
+    mlflow.set_tracking_uri(uri)
+    set_experiment(uri, "finetune")
+    for seed in range(2):
+        with mlflow.start_run(tags={"variant": "baseline", "seed": str(seed), "role": "classifier"}) as classifier:
+            mlflow.log_params(classifier_params)
+            mlflow.log_metrics({"val/top1": 93.0 + seed, "test/top1": 92.0 + seed})
+        with mlflow.start_run(tags={"variant": "baseline", "seed": str(seed), "pairing": pairing(seed),
+                                    "classifier_run": classifier.info.run_id}):
+            mlflow.log_params(baseline_params)
+            mlflow.log_metrics({"val/top1": 93.5 + seed, **({"test/top1": 92.5 + seed} if test else {})})
 
+
+def test_the_classifier_row_follows_the_baselines_split_and_images(tmp_path):
+    # a validation pilot that reuses a classifier a test grid trained stays a validation report
+    _classifier_grid(f"sqlite:///{tmp_path}/a.db", {}, {}, test=False)
+    write_report(f"sqlite:///{tmp_path}/a.db", "finetune", tmp_path / "a")
+    record = json.loads((tmp_path / "a" / "comparisons.json").read_text())
+    assert record["split"] == "val"
+    assert {r["row"]: r["per_seed"] for r in record["rows"]}["classifier (start)"] == {"0": 93.0, "1": 94.0}
+    # a classifier tested on 500 images is not paired with a baseline tested on all of them
+    _classifier_grid(f"sqlite:///{tmp_path}/b.db", {"data.test_limit": 500}, {"data.test_limit": "None"})
+    write_report(f"sqlite:///{tmp_path}/b.db", "finetune", tmp_path / "b")
+    record = json.loads((tmp_path / "b" / "comparisons.json").read_text())
+    assert "classifier (start)" not in {r["row"] for r in record["rows"]}
+    assert ("its classifier was evaluated with data.test_limit=500, the baseline with None"
+            in (tmp_path / "b" / "report.md").read_text())
+
+
+def test_a_classifier_run_the_store_does_not_hold_is_left_out_and_said(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     set_experiment(uri, "finetune")
     with mlflow.start_run(tags={"variant": "baseline", "seed": "0", "classifier_run": "0" * 32}):
         mlflow.log_metric("test/top1", 90.0)
-    with pytest.raises(ReportError, match="seed 0's baseline started from the classifier of MLflow run 0000"):
-        write_report(uri, "finetune", tmp_path / "out")
+    path, _ = write_report(uri, "finetune", tmp_path / "out")
+    text = path.read_text()
+    assert "| classifier (start) |" not in text
+    assert f"- seed 0: its classifier's run {'0' * 32} is not in {uri}" in text
 
 
 def test_each_reconstruction_report_links_its_own_figure(tmp_path):

@@ -74,7 +74,7 @@ def section(points: list[DosePoint], choose: bool = True) -> list[str]:
     lines. On the test set nothing is chosen: the scales are those the preset fixed from its validation curve."""
     chosen = chosen_scales(points) if choose else {}
     rule = (f"Chosen: the best Δ among the scales whose share is at least {MIN_SHARE:.0%}." if choose else
-            "The scales are the preset's, chosen on validation before this grid ran; the test set chooses nothing.")
+            "The scales were fixed before this grid ran; the test set chooses nothing.")
     lines = [f"Dose-response over the loss scale: top-1 against the baseline per scale, and the reconstruction terms' "
              f"gradient at the encoder's first conv as a share of the cross-entropy's (median over the run, then over "
              f"the seeds). {rule}", "",

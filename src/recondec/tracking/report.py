@@ -24,6 +24,7 @@ from recondec.tracking.plots import plot_accuracy, plot_dose_response, plot_reco
 from recondec.tracking.records import baseline_target_record, records
 from recondec.tracking.results_page import write_results_page
 from recondec.tracking.runs import (
+    CLASSIFIER,
     SUMMARY_TAG,
     ReportError,
     add_classifier_row,
@@ -45,7 +46,6 @@ __all__ = ["write_report", "write_recon_report", "write_power_plan", "write_resu
 def _reported_table(tracking_uri: str, experiment: str, sweep: Optional[str]):
     runs = finished_runs(tracking_uri, experiment, sweep)
     table = collect(runs)
-    add_classifier_row(tracking_uri, runs, table)  # a fine-tuning grid's start, from the classifiers' own runs
     if not table:
         raise ReportError(f"experiment {experiment!r} has no finished runs to report on"
                           + (f" in sweep {sweep!r}" if sweep else ""))
@@ -56,6 +56,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     """Write report.md, comparisons.json and the plots (and, for a loss-weight sweep, dose_response.md and .png)
     into out_dir, and log them to MLflow as one summary run."""
     runs, table = _reported_table(tracking_uri, experiment, sweep)
+    left_out = add_classifier_row(tracking_uri, runs, table)  # a fine-tuning grid's start, from its own runs
     metric, target_value = top1(table), baseline_target(runs)
     # a pre-registration is about the test grid: runs on validation (a pilot under the same preset) are exploratory
     registered = preregistered(runs) if metric.startswith("test/") else None
@@ -64,6 +65,8 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     out_dir.mkdir(parents=True, exist_ok=True)
     head, rest = markdown(table, experiment, found, target).split("\n", 1)
     text = f"{head}\n\n{commands(experiment)} {provenance(runs)}\n{rest}"
+    if left_out:
+        text += f"\nLeft out of the row {CLASSIFIER}:\n\n" + "\n".join(f"- {line}" for line in left_out) + "\n"
     points = dose_response.dose_points(table, metric) if dose_response.has_scales(table) else []
     choose = metric.startswith("val/")  # a pilot chooses scales; a test grid shows the ones its preset fixed
     if points:

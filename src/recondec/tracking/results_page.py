@@ -132,7 +132,8 @@ def label_budgets(folders: list[Path]) -> list[tuple[str, dict[str, dict]]]:
 def report_lines(folder: Path, rel: str) -> list[str]:
     """One experiment's report.md a heading level down, and its figures report.md does not show."""
     body = (folder / "report.md").read_text().splitlines()
-    body = [re.sub(r"\]\(([^/)]+\.png)\)", rf"]({rel}/{folder.name}/\1)", line) for line in body]  # from docs/
+    here = f"{rel}/{folder.name}"  # a report's own figures, as docs/ reaches them
+    body = [re.sub(r"\]\((?:\./)?([^/)\s]+\.png)\)", lambda m: f"]({here}/{m[1]})", line) for line in body]
     lines = ["", f"## {folder.name}", "", f"Folder: [`reports/{folder.name}/`]({rel}/{folder.name}/report.md).",
              *[("#" + line if line.startswith("#") else line) for line in body[1:]]]
     return lines + [f"![{png.stem}]({rel}/{folder.name}/{png.name})" for png in sorted(folder.glob("*.png"))

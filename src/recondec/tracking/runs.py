@@ -171,32 +171,42 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
     return table
 
 
-def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]]) -> None:
-    """The row CLASSIFIER, in place: for each seed, the metrics of the classifier run that seed's baseline started
-    from (tag ``classifier_run``), paired with that baseline (the same start). Nothing when the baseline starts
-    from no cached classifier."""
+def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]]) -> list[str]:
+    """The row CLASSIFIER, in place: for each seed, the top-1 / top-5 of the classifier run that seed's baseline
+    started from (tag ``classifier_run``), paired with that baseline (the same start); only on the splits the
+    baseline reports, each measured on the same images (data.val_limit / data.test_limit), so that the row never
+    decides the report's split nor compares two test sets. Returns what it left out, one line each (a classifier
+    run the store does not hold, one without the split's numbers)."""
     client = mlflow.MlflowClient(tracking_uri)
     started = {r.data.tags.get("seed", r.info.run_id): r for r in runs
                if row_name(r) == BASELINE and "classifier_run" in r.data.tags}
-    if not started:
-        return
+    splits = {key.split("/")[0] for key in table.get(BASELINE, {}) if key.endswith("/top1")}
     stats: dict[str, Stat] = {}
-    classifiers: dict[str, object] = {}
+    left_out: list[str] = []
     for seed, run in started.items():
         run_id = run.data.tags["classifier_run"]
-        if run_id not in classifiers:
-            try:
-                classifiers[run_id] = client.get_run(run_id)
-            except mlflow.exceptions.MlflowException as e:
-                raise ReportError(f"seed {seed}'s baseline started from the classifier of MLflow run {run_id}, which "
-                                  f"{tracking_uri} does not hold ({type(e).__name__})") from None
-        classifier = classifiers[run_id]
-        for key in ("val/top1", "val/top5", "test/top1", "test/top5"):
-            if key in classifier.data.metrics:
-                stat = stats.setdefault(key, Stat())
-                stat.by_seed[seed] = classifier.data.metrics[key]
-                stat.pairing[seed] = run.data.tags.get("pairing", "")
-    table[CLASSIFIER] = stats
+        try:
+            classifier = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            left_out.append(f"seed {seed}: its classifier's run {run_id} is not in {tracking_uri}")
+            continue
+        for split in sorted(splits):
+            limit = f"data.{split}_limit"
+            if f"{split}/top1" not in classifier.data.metrics:
+                left_out.append(f"seed {seed}: its classifier's run {run_id} has no {split}/top1 (cached before "
+                                "classifiers read the test set: delete its classifier.cache_dir folder to retrain)")
+            elif classifier.data.params.get(limit) != run.data.params.get(limit):
+                left_out.append(f"seed {seed}: its classifier was evaluated with {limit}="
+                                f"{classifier.data.params.get(limit)}, the baseline with {run.data.params.get(limit)}")
+            else:
+                for key in (f"{split}/top1", f"{split}/top5"):
+                    if key in classifier.data.metrics:
+                        stat = stats.setdefault(key, Stat())
+                        stat.by_seed[seed] = classifier.data.metrics[key]
+                        stat.pairing[seed] = run.data.tags.get("pairing", "")
+    if stats:
+        table[CLASSIFIER] = stats
+    return left_out
 
 
 def reported_split(table) -> str:
