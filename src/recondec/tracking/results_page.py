@@ -134,9 +134,9 @@ def report_lines(folder: Path, rel: str) -> list[str]:
     body = (folder / "report.md").read_text().splitlines()
     here = f"{rel}/{folder.name}"  # a report's own figures, as docs/ reaches them
     body = [re.sub(r"\]\((?:\./)?([^/)\s]+\.png)\)", lambda m: f"]({here}/{m[1]})", line) for line in body]
-    lines = ["", f"## {folder.name}", "", f"Folder: [`reports/{folder.name}/`]({rel}/{folder.name}/report.md).",
+    lines = ["", f"## {folder.name}", "", f"Folder: [`reports/{folder.name}/`]({here}/report.md).",
              *[("#" + line if line.startswith("#") else line) for line in body[1:]]]
-    return lines + [f"![{png.stem}]({rel}/{folder.name}/{png.name})" for png in sorted(folder.glob("*.png"))
+    return lines + [f"![{png.stem}]({here}/{png.name})" for png in sorted(folder.glob("*.png"))
                     if f"/{png.name})" not in "\n".join(body)]
 
 

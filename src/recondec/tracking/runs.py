@@ -183,11 +183,16 @@ def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]
     splits = {key.split("/")[0] for key in table.get(BASELINE, {}) if key.endswith("/top1")}
     stats: dict[str, Stat] = {}
     left_out: list[str] = []
+    fetched: dict[str, Optional[mlflow.entities.Run]] = {}  # seeds often share one classifier: fetch it once
     for seed, run in started.items():
         run_id = run.data.tags["classifier_run"]
-        try:
-            classifier = client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
+        if run_id not in fetched:
+            try:
+                fetched[run_id] = client.get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                fetched[run_id] = None
+        classifier = fetched[run_id]
+        if classifier is None:
             left_out.append(f"seed {seed}: its classifier's run {run_id} is not in {tracking_uri}")
             continue
         for split in sorted(splits):
