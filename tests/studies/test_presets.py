@@ -4,12 +4,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from omegaconf import OmegaConf
 
 from recondec.checks import validate
 from recondec.config import ConfigError, variant_names
 from recondec.job import JobInfo
 from recondec.run import run_job
 from recondec.studies.recon import run_recon_study
+from recondec.tracking.report import write_recon_report
 
 from ..conftest import TINY
 
@@ -71,6 +73,11 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
         [studies[0].info.run_id] * 4 + [studies[1].info.run_id] * 2)
     listed = mlflow.MlflowClient().list_artifacts(studies[0].info.run_id, "report")
     assert {a.path for a in listed} == {"report/recon_table.md", "report/recon_levels.png"}
+    # its report takes the newest study: its rows name the backbone, its provenance the decoders' code and machine
+    text = write_recon_report(mlflow.get_tracking_uri(), "recon_fmnist", tmp_path / "report").read_text()
+    assert "Reproduce: `python src/main.py experiment=recon_fmnist`" in text and "2 runs from" in text
+    assert "| vgg16_small | pool4 |" in text and "| vgg16_small | fc7 |" not in text
+    assert "from pool4. SWWAE more than 0.5 dB" in text and "torch ?" not in text
 
 
 @pytest.mark.parametrize("preset", ["recon_imagenet_vgg16", "joint_imagenet_vgg16"])
@@ -175,3 +182,53 @@ def test_recon_fmnist_resnet_preset_runs(compose_cfg, tmp_path):
     assert set(results) == {"sae_from_layer2", "swwae_from_layer2", "sae_from_avgpool", "swwae_from_avgpool"}
     assert all("val/psnr/image" in m for m in results.values())
     assert "| layer2 |" in (tmp_path / "recon_table.md").read_text()
+
+
+def _grid(compose_cfg, preset):
+    cfg = compose_cfg(f"experiment={preset}", return_hydra_config=True)
+    return cfg, cfg.hydra.sweeper.params
+
+
+def test_each_few_label_preset_pins_its_own_recipe(compose_cfg):
+    """K = 10 moved to width 0.5 after the K = 100 grid ran at 0.25: each budget keeps the network of its numbers."""
+    k10, k10_params = _grid(compose_cfg, "lowlabel_fmnist")
+    k100, _ = _grid(compose_cfg, "lowlabel_fmnist_k100")
+    for cfg, width, labels, steps in ((k10, 0.5, 10, 900), (k100, 0.25, 100, 2480)):
+        assert (cfg.backbone.width, cfg.data.labels_per_class) == (width, labels)
+        assert cfg.backbone.batch_norm and cfg.schedule.train_crop == "pad_crop" and cfg.schedule.decoder.epochs == 0
+        per_epoch = labels * 10 // cfg.schedule.batch_size  # the last partial batch is dropped
+        assert cfg.schedule.joint.epochs * per_epoch == steps
+    assert (k10.report.baseline_target, k100.report.baseline_target) == (72, 84)
+    assert set(k10_params.variant.split(",")) == {"baseline", "swwae_all", "sae_all", "swwae_first"}
+
+
+def test_the_k100_grid_runs_each_preregistered_row_at_its_scale(compose_cfg):
+    cfg, params = _grid(compose_cfg, "lowlabel_fmnist_k100")
+    for row in cfg.report.preregistered.decoders:
+        variant, scale = row.split("@")
+        assert cfg.loss.scale_per_variant[variant] == float(scale)
+    assert set(params.variant.split(",")) == {"baseline", *cfg.loss.scale_per_variant}
+
+
+@pytest.mark.parametrize(("dose", "grid"), [("lowlabel_fmnist_dose", "lowlabel_fmnist"),
+                                            ("lowlabel_fmnist_k100_dose", "lowlabel_fmnist_k100")])
+def test_a_dose_curve_chooses_on_validation_seeds_the_grid_does_not_use(compose_cfg, dose, grid):
+    dose_cfg, dose_params = _grid(compose_cfg, dose)
+    grid_cfg, grid_params = _grid(compose_cfg, grid)
+    assert not dose_cfg.trainer.test and grid_cfg.trainer.test
+    assert not set(dose_params["trainer.seed"].split(",")) & set(grid_params["trainer.seed"].split(","))
+    assert len(dose_params["loss.scale"].split(",")) >= 4  # a curve spanning at least 1000x
+    scales = [float(s) for s in dose_params["loss.scale"].split(",")]
+    assert max(scales) / min(scales) >= 1000
+    for key in ("backbone", "data.labels_per_class", "schedule.joint", "schedule.train_crop"):
+        assert OmegaConf.select(dose_cfg, key) == OmegaConf.select(grid_cfg, key)
+
+
+@pytest.mark.parametrize(("semi", "grid"), [("semi_fmnist", "lowlabel_fmnist"),
+                                            ("semi_fmnist_k100", "lowlabel_fmnist_k100")])
+def test_an_unlabelled_arm_lands_beside_its_grid_with_the_same_recipe(compose_cfg, semi, grid):
+    semi_cfg, semi_params = _grid(compose_cfg, semi)
+    grid_cfg, _ = _grid(compose_cfg, grid)
+    assert semi_params.variant == "swwae_all" and semi_cfg.schedule.unlabelled_batch_size == 32
+    assert semi_cfg.logger.experiment == grid_cfg.logger.experiment
+    assert semi_cfg.backbone == grid_cfg.backbone and semi_cfg.schedule.joint == grid_cfg.schedule.joint

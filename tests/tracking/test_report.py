@@ -11,7 +11,7 @@ from scipy import stats
 
 from recondec.tracking.comparisons import compare, finish_family, verdict
 from recondec.tracking.mlflow_logger import set_experiment
-from recondec.tracking.report import write_report
+from recondec.tracking.report import recon_reading, with_backbone_column, write_report
 from recondec.tracking.runs import Stat, collect, finished_runs
 from recondec.tracking.stats import minimum_detectable_effect, paired_test, power, seeds_for_power, welch_test
 
@@ -312,3 +312,18 @@ def test_each_reconstruction_report_links_its_own_figure(tmp_path):
     for name in ("recon_fmnist", "recon_fmnist_resnet"):
         assert f"](../reports/{name}/recon_levels.png)" in text
     assert text.count("recon_levels.png") == 2  # shown once each, not again as an unlinked figure
+
+
+def test_recon_reading_counts_the_levels_where_swwae_leads_or_trails_by_more_than_the_margin():
+    psnr = {"pool1": (25.8, 25.5), "pool3": (21.5, 24.4), "pool5": (14.8, 25.1), "fc8": (22.0, 21.0)}
+    reading = recon_reading(psnr)
+    assert "25.8 / 25.5 dB from pool1" in reading and "22.0 / 21.0 dB from fc8" in reading
+    assert "ahead at 2 of 4 levels (pool3, pool5)" in reading and "behind at 1 (fc8)" in reading
+    assert "ahead at 0 of 1 levels (none)" in recon_reading({"stem": (27.6, 27.6)})
+
+
+def test_recon_table_rows_name_their_backbone():
+    table = "| level | SAE PSNR (dB) |\n|---|---|\n| stem | 27.58 |\n| fc | 15.34 |\n"
+    lines = with_backbone_column(table, "resnet18_small").splitlines()
+    assert lines == ["| backbone | level | SAE PSNR (dB) |", "|---|---|---|",
+                     "| resnet18_small | stem | 27.58 |", "| resnet18_small | fc | 15.34 |"]

@@ -118,7 +118,8 @@ def write_power_plan(tracking_uri: str, experiment: str, out_dir: Path, sweep: O
 
 
 def write_recon_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
-    """The reconstruction study's table and figure (its parent run's artifacts) as reports/<experiment>/report.md."""
+    """The reconstruction study's table and figure (its parent run's artifacts) as reports/<experiment>/report.md,
+    each row naming the backbone, with a one-line reading of SAE against SWWAE."""
     study = latest_study_run(tracking_uri, experiment)
     if study is None:
         raise ReportError(f"experiment {experiment!r} has no finished reconstruction study")
@@ -127,11 +128,59 @@ def write_recon_report(tracking_uri: str, experiment: str, out_dir: Path) -> Pat
     for name in ("recon_table.md", "recon_levels.png"):
         local = Path(client.download_artifacts(study.info.run_id, f"report/{name}", str(out_dir / ".download")))
         local.replace(out_dir / name)
+    # the decoders' runs carry the code, machine and settings; the parent only wraps them (its time is theirs)
     children = client.search_runs([study.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{study.info.run_id}'")
-    text = (f"# {experiment}\n\n{commands(experiment)} {provenance([study, *children])}\n\n"
-            "Validation error of the image reconstructed from each level of the frozen classifier (SAE: fixed "
-            "unpooling, SWWAE: switches):\n\n" + (out_dir / "recon_table.md").read_text() +
-            "\n![reconstructions from each level](recon_levels.png)\n")
+    params = children[0].data.params if children else {}
+    backbone = recon_backbone(params)
+    table = with_backbone_column((out_dir / "recon_table.md").read_text(), params.get("backbone.name", "?"))
+    text = (f"# {experiment}\n\n{commands(experiment, multirun=False)} {provenance(children or [study])}\n\n"
+            f"Validation error of the image reconstructed from each level of the frozen classifier ({backbone}; "
+            f"SAE: fixed unpooling, SWWAE: switches):\n\n{table}\n{recon_reading(recon_psnr(children))}\n\n"
+            "![reconstructions from each level](recon_levels.png)\n")
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
+
+
+def recon_backbone(params: dict) -> str:
+    """The frozen classifier in words, from a decoder run's parameters."""
+    found = [params.get("backbone.name", "?"), f"width {params.get('backbone.width', '?')}"]
+    found += [f"{key}={params[f'backbone.{key}']}" for key in ("downsample", "batch_norm")
+              if params.get(f"backbone.{key}", "None") != "None"]
+    limit = params.get("data.train_limit", "None")
+    found.append(f"trained {params.get('classifier.epochs', '?')} epochs on "
+                 f"{'all the training' if limit == 'None' else f'{int(limit):,}'} images")
+    return ", ".join(found)
+
+
+def with_backbone_column(table: str, backbone: str) -> str:
+    """The study's markdown table with a first column naming the backbone, so that tables of two studies side by
+    side (docs/results.md) say which network each row is."""
+    lines = table.strip().splitlines()
+    return "\n".join([f"| backbone {lines[0]}", f"|---{lines[1]}",
+                      *(f"| {backbone} {line}" for line in lines[2:])]) + "\n"
+
+
+def recon_psnr(children) -> dict[str, tuple[float, float]]:
+    """level -> (SAE, SWWAE) validation image PSNR, in the study's order, from its decoder runs
+    ("<kind>_from_<level>")."""
+    found: dict[str, dict[str, float]] = {}
+    for run in sorted(children, key=lambda r: r.info.start_time):
+        kind, _, level = run.data.tags.get("mlflow.runName", "").partition("_from_")
+        if level and "val/psnr/image" in run.data.metrics:
+            found.setdefault(level, {})[kind] = run.data.metrics["val/psnr/image"]
+    return {level: (kinds["sae"], kinds["swwae"]) for level, kinds in found.items() if {"sae", "swwae"} <= set(kinds)}
+
+
+def recon_reading(psnr: dict[str, tuple[float, float]], margin_db: float = 0.5) -> str:
+    """Where SWWAE's image PSNR beats SAE's by more than `margin_db`, where it trails, from the shallowest to the
+    deepest level (the paper's first finding: SWWAE keeps the image from every level, SAE blurs with depth)."""
+    if not psnr:
+        return "No level has both an SAE and a SWWAE decoder run."
+    ahead = [lv for lv, (sae, sww) in psnr.items() if sww - sae > margin_db]
+    behind = [lv for lv, (sae, sww) in psnr.items() if sae - sww > margin_db]
+    first, last = next(iter(psnr)), list(psnr)[-1]
+    return (f"Image PSNR, SAE / SWWAE: {psnr[first][0]:.1f} / {psnr[first][1]:.1f} dB from {first}, "
+            f"{psnr[last][0]:.1f} / {psnr[last][1]:.1f} dB from {last}. SWWAE more than {margin_db} dB ahead at "
+            f"{len(ahead)} of {len(psnr)} levels ({', '.join(ahead) or 'none'}), behind at "
+            f"{len(behind)} ({', '.join(behind) or 'none'}).")

@@ -165,10 +165,10 @@ def provenance(runs) -> str:
             f"{values('mlflow.source.git.commit', 7)}; torch {values('torch')}; {values('device')}.")
 
 
-def commands(experiment: str) -> str:
+def commands(experiment: str, multirun: bool = True) -> str:
     from recondec.config import CONF_DIR
 
     if (CONF_DIR / "experiment" / f"{experiment}.yaml").is_file():
-        return (f"Reproduce: `python src/main.py -m experiment={experiment}`, then "
+        return (f"Reproduce: `python src/main.py {'-m ' if multirun else ''}experiment={experiment}`, then "
                 f"`python src/report.py {experiment}`.")
     return f"Report: `python src/report.py {experiment}` (the runs of the MLflow experiment {experiment!r})."
