@@ -202,12 +202,18 @@ def test_each_few_label_preset_pins_its_own_recipe(compose_cfg):
     assert set(k10_params.variant.split(",")) == {"baseline", "swwae_all", "sae_all", "swwae_first"}
 
 
-def test_the_k100_grid_runs_each_preregistered_row_at_its_scale(compose_cfg):
-    cfg, params = _grid(compose_cfg, "lowlabel_fmnist_k100")
+@pytest.mark.parametrize("preset", ["lowlabel_fmnist", "lowlabel_fmnist_k100"])
+def test_a_few_label_grid_runs_each_preregistered_row_at_its_scale(compose_cfg, preset):
+    cfg, params = _grid(compose_cfg, preset)
+    assert len(cfg.report.preregistered.decoders) == 3  # swwae_all, sae_all, swwae_first: one Holm family
     for row in cfg.report.preregistered.decoders:
         variant, scale = row.split("@")
         assert cfg.loss.scale_per_variant[variant] == float(scale)
     assert set(params.variant.split(",")) == {"baseline", *cfg.loss.scale_per_variant}
+    # the unlabelled family compares swwae_all at the scale the decoders family runs it at
+    at = f"@{cfg.loss.scale_per_variant.swwae_all:g}"
+    assert cfg.report.preregistered.unlabelled and all(row.count(at) == row.count("@")
+                                                       for row in cfg.report.preregistered.unlabelled)
 
 
 @pytest.mark.parametrize(("dose", "grid"), [("lowlabel_fmnist_dose", "lowlabel_fmnist"),
