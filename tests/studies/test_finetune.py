@@ -12,6 +12,7 @@ from recondec.config import ConfigError
 from recondec.job import JobInfo
 from recondec.run import run_job
 from recondec.training.loop import Trainer
+from recondec.training.schedule import lr_factor
 
 from ..conftest import VARIANTS
 from .test_presets import TINY
@@ -27,6 +28,9 @@ def test_finetune_preset_is_the_papers_protocol(compose_cfg):
     assert (s.optimizer.value, s.momentum, s.weight_decay, s.bias_lr_mult, s.bias_decay_mult) == \
         ("sgd", 0.9, 5e-4, 2.0, 0.0)
     assert s.pretrain.epochs > 0 and s.decoder.freeze_encoder and s.decoder.epochs > 0 and s.joint.epochs > 0
+    # a fine-tuning that decays to 0 after a warm-up shorter than it, from a classifier under the small-image recipe
+    assert s.lr_schedule.value == "cosine" and 0 < s.warmup_epochs < s.joint.epochs
+    assert conf.backbone.batch_norm and conf.classifier.schedule.train_crop.value == "pad_crop"
     low = validate(compose_cfg("experiment=finetune_fmnist_low")).data
     assert (low.labels_per_class, low.train_limit) == (100, None)
 
@@ -79,6 +83,11 @@ def test_every_job_fine_tunes_the_one_cached_classifier(compose_cfg, tmp_path, r
     assert len(recorded) == 1 + len(VARIANTS)  # the classifier's own job, then the fine-tuning jobs
     first = recorded[1]
     assert len(first["lrs"]) > 1
+    # the fine-tuning LR is the preset's warm-up + cosine, which is 0 where the stage ends: the last iterate is not
+    # the noise of a constant LR
+    schedule, steps = validate(compose_cfg(*base)).schedule, len(first["lrs"])
+    assert first["lrs"] == pytest.approx([schedule.joint.lr * lr_factor(i, steps, 1, schedule) for i in range(steps)])
+    assert lr_factor(steps, steps, 1, schedule) == 0.0
     for job in recorded[1:]:
         assert job["encoder"].keys() == cached.keys()
         assert all(torch.equal(job["encoder"][k], cached[k]) for k in cached)

@@ -33,7 +33,7 @@ def lr_factor(step: int, steps_per_epoch: int, stage_epochs: int, schedule: Sche
     """Multiplier of the stage's base LR at `step` (counted from the stage's start)."""
     warmup = schedule.warmup_epochs * steps_per_epoch
     if step < warmup:
-        return (step + 1) / warmup
+        return min(1.0, (step + 1) / warmup)  # a fractional warm-up's last step would overshoot
     if schedule.lr_schedule is LRSchedule.step:
         epoch = step // steps_per_epoch
         return schedule.step_gamma ** sum(epoch >= m for m in schedule.step_epochs)
