@@ -7,7 +7,7 @@ sweep, the dose-response. A reconstruction study's experiment gets its table and
     python src/report.py lowlabel_fmnist                      # an MLflow experiment -> reports/lowlabel_fmnist/
     python src/report.py finetune_fmnist --sweep multirun/2026-11-25/17-40-00-000000 --out reports/one_grid
     python src/report.py recon_fmnist                         # the reconstruction study's table and figure
-    python src/report.py lowlabel_fmnist --plan --mde 1.0     # the seeds a grid needs, from a pilot's runs
+    python src/report.py lowlabel_fmnist --plan               # the seeds a grid needs, from a pilot's runs
     python src/report.py --docs                               # docs/results.md from every reports/<experiment>/
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true",
                         help="instead of the report: the seeds a grid needs, planned from this pilot experiment's "
                              "runs (power_plan.md)")
-    parser.add_argument("--mde", type=float, default=1.0,
-                        help="with --plan: the true difference in points of top-1 to detect with 80%% power")
+    parser.add_argument("--mde", type=float, default=None,
+                        help="with --plan: the true difference in points of top-1 to detect with 80%% power "
+                             "(default: the preset's report.equivalence_margin, 1 point unless it says otherwise)")
     parser.add_argument("--docs", action="store_true",
                         help="write docs/results.md from every reports/<experiment>/ (after the experiment's report, "
                              "when one is named)")

@@ -504,6 +504,9 @@ class ReportConf(Checked):
     preregistered: dict[str, list[str]] = field(default_factory=dict)
     # the baseline's top-1 (%) that a competent recipe reaches here (published numbers): printed beside the baseline
     baseline_target: Optional[float] = ranged(None, low=0, high=100, null="none stated")
+    # points of top-1 too small to matter here: the TOST margin of every comparison (tag ``equivalence_margin``)
+    # and the MDE `src/report.py --plan` sizes a grid for
+    equivalence_margin: float = ranged(1.0, low=0, high=100, low_open=True)
 
     def check(self, at: str) -> None:
         for family, rows in self.preregistered.items():

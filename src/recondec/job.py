@@ -125,6 +125,7 @@ def build_tracker(cfg: Config, info: JobInfo, resume_run_id: Optional[str]):
         tags["preregistered"] = json.dumps(cfg.report.preregistered, sort_keys=True)
     if cfg.report.baseline_target is not None:
         tags["baseline_target"] = f"{cfg.report.baseline_target:g}"
+    tags["equivalence_margin"] = f"{cfg.report.equivalence_margin:g}"
     if cfg.loss.scale != 1.0 and cfg.variant.topology != "none":  # the baseline has no reconstruction weight
         tags["loss_scale"] = f"{cfg.loss.scale:g}"  # a dose-response curve's x
     if info.parent_run_id:

@@ -190,15 +190,18 @@ def test_a_preregistration_names_rows_or_row_pairs_and_is_tagged_on_every_run(co
     from recondec.job import JobInfo, build_tracker
 
     cfg = validate(compose_cfg("+report.preregistered.decoders=[swwae_all@10,sae_all@3 vs baseline]",
-                               "report.baseline_target=84"))
+                               "report.baseline_target=84", "report.equivalence_margin=0.5"))
     assert cfg.report.preregistered == {"decoders": ["swwae_all@10", "sae_all@3 vs baseline"]}
     tracker = build_tracker(cfg, JobInfo(overrides=[]), None)
     tracker.finish()
     tags = MlflowClient(cfg.logger.tracking_uri).get_run(tracker.run_id).data.tags
     assert json.loads(tags["preregistered"]) == cfg.report.preregistered and tags["baseline_target"] == "84"
+    assert tags["equivalence_margin"] == "0.5"
     for bad in ("[]", "['swwae_all against baseline']"):
         with pytest.raises(ConfigError, match=r"report.preregistered.decoders=.* is invalid"):
             validate(compose_cfg(f"+report.preregistered.decoders={bad}"))
+    with pytest.raises(ConfigError, match=r"report.equivalence_margin=0"):
+        validate(compose_cfg("report.equivalence_margin=0"))
 
 
 def test_a_grid_gives_each_variant_its_own_scale_and_an_explicit_scale_wins(compose_cfg):

@@ -12,7 +12,7 @@ from scipy import stats
 from recondec.tracking.comparisons import entry, families
 from recondec.tracking.mlflow_logger import set_experiment
 from recondec.tracking.records import baseline_target_record
-from recondec.tracking.report import ReportError, write_report
+from recondec.tracking.report import ReportError, write_power_plan, write_report
 from recondec.tracking.runs import Stat
 from recondec.tracking.stats import minimum_detectable_effect
 from recondec.tracking.tables import family_lines
@@ -176,3 +176,23 @@ def test_a_pilot_on_validation_under_a_preregistering_preset_is_all_exploratory(
     records = json.loads((tmp_path / "out" / "comparisons.json").read_text())
     assert records["preregistered"] is None
     assert records["comparisons"] and not any(c["preregistered"] for c in records["comparisons"])
+
+
+def test_the_presets_equivalence_margin_is_every_tost_margin_and_the_plans_mde(tmp_path):
+    """report.equivalence_margin (tag "equivalence_margin"): the fine-tuning grid asks for +-0.5 points, not 1."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_grid(uri, "half", extra_tags={"equivalence_margin": "0.5"})
+    path, _ = write_report(uri, "half", tmp_path / "out")
+    records = json.loads((tmp_path / "out" / "comparisons.json").read_text())
+    paired = [c for c in records["comparisons"] if c["design"] == "paired"]
+    assert paired
+    for c in paired:
+        a, b = paired_values(records, c)
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        p = max(stats.ttest_1samp(d, -0.5, alternative="greater").pvalue,
+                stats.ttest_1samp(d, 0.5, alternative="less").pvalue)
+        assert c["tost"]["margin"] == 0.5 and c["tost"]["p"] == pytest.approx(p, rel=1e-9)
+    text = path.read_text()
+    assert "TOST p (±0.5)" in text and "within ±0.5 points" in text and "(±1)" not in text
+    plan = write_power_plan(uri, "half", tmp_path / "plan").read_text()
+    assert "true difference of 0.5 point(s)" in plan

@@ -4,7 +4,8 @@ When the seeds pair the runs (equal ``pairing`` tags: the same start, labelled i
 uses the paired t-test on the per-seed differences, else Welch's test. Each family is corrected with Holm's method
 over its own comparisons, and each comparison reports its minimum detectable effect (MDE) at 80 % power at
 alpha / (family size), so that "no difference detected" says what the seeds could have missed, and whether two one-
-sided tests show the difference to lie within +- EQUIVALENCE_MARGIN.
+sided tests show the difference to lie within +- the margin too small to matter (the preset's
+report.equivalence_margin, 1 point unless it says otherwise).
 
 Families: a preset that pre-registered its questions (tag ``preregistered``: family -> "<row>" or "<row> vs <ref>")
 gets one family per question; every comparison it did not name (each other row against the baseline, each
@@ -21,6 +22,7 @@ from typing import Optional
 from recondec.tracking.runs import BASELINE, CLASSIFIER, UNLABELLED, Stat, ordered, seed_order, without_unlabelled
 from recondec.tracking.stats import (
     CONFIDENCE,
+    EQUIVALENCE_MARGIN,
     POWER,
     Equivalence,
     TestResult,
@@ -49,7 +51,7 @@ class Comparison:
     n_ref: int
     unpaired_seeds: list[str]    # seeds both rows have whose runs do not pair (another start or labelled subset)
     paired_seeds: list[str]      # the seeds whose runs pair: the paired test's
-    equivalence: Equivalence     # TOST of the same test against +- EQUIVALENCE_MARGIN
+    equivalence: Equivalence     # TOST of the same test against +- the margin
     p_holm: float = math.nan     # set by finish_family() across the family's comparisons
     mde: float = math.nan        # minimum detectable effect at POWER, at the family's alpha
     family: list[str] = field(default_factory=list)  # the comparisons corrected together (Holm's m = its length)
@@ -67,7 +69,7 @@ class Comparison:
         return self.test.p
 
 
-def compare(row: Stat, ref: Stat) -> Comparison:
+def compare(row: Stat, ref: Stat, margin: float = EQUIVALENCE_MARGIN) -> Comparison:
     welch = welch_test(row.values, ref.values)
     shared = sorted(set(row.by_seed) & set(ref.by_seed), key=seed_order)
     pairs = [s for s in shared if row.pairing.get(s) and row.pairing.get(s) == ref.pairing.get(s)]
@@ -75,7 +77,7 @@ def compare(row: Stat, ref: Stat) -> Comparison:
     paired = paired_test([row.by_seed[s] - ref.by_seed[s] for s in pairs]) if pairs else None
     design = "paired" if paired is not None and len(pairs) >= 2 and not unpaired else "unpaired"
     used = paired if design == "paired" else welch
-    return Comparison(design, used, welch, paired, row.n, ref.n, unpaired, pairs, tost(used))
+    return Comparison(design, used, welch, paired, row.n, ref.n, unpaired, pairs, tost(used, margin))
 
 
 def finish_family(comparisons: dict[str, Comparison]) -> None:
@@ -143,20 +145,27 @@ def plan_families(table, registered: Optional[dict[str, list[str]]]) -> list[Fam
     return [*named, Family(EXPLORATORY, False, rest), start]
 
 
-def run_family(table, family: Family, metric: str) -> Family:
-    """Each named pair's comparison on `metric` where both rows have it, corrected together, in place."""
+def run_family(table, family: Family, metric: str, margin: float = EQUIVALENCE_MARGIN) -> Family:
+    """Each named pair's comparison on `metric` where both rows have it (TOST at +- `margin`), corrected together,
+    in place."""
     for row, ref in family.pairs:
         if metric in table.get(row, {}) and metric in table.get(ref, {}):
-            family.comparisons[entry(row, ref)] = compare(table[row][metric], table[ref][metric])
+            family.comparisons[entry(row, ref)] = compare(table[row][metric], table[ref][metric], margin)
         else:
             family.missing.append(entry(row, ref))
     finish_family(family.comparisons)
     return family
 
 
-def families(table, registered: Optional[dict[str, list[str]]], metric: str) -> list[Family]:
+def families(table, registered: Optional[dict[str, list[str]]], metric: str,
+             margin: float = EQUIVALENCE_MARGIN) -> list[Family]:
     """Every family with at least one pair named, its comparisons made and corrected."""
-    return [run_family(table, f, metric) for f in plan_families(table, registered) if f.pairs]
+    return [run_family(table, f, metric, margin) for f in plan_families(table, registered) if f.pairs]
+
+
+def margin_of(found: list[Family]) -> float:
+    """The TOST margin the families' comparisons used."""
+    return next((c.equivalence.margin for f in found for c in f.comparisons.values()), EQUIVALENCE_MARGIN)
 
 
 def family_of(found: list[Family], row: str, ref: str = BASELINE) -> Optional[Family]:

@@ -31,12 +31,12 @@ from recondec.tracking.runs import (
     baseline_target,
     collect,
     common_param,
+    equivalence_margin,
     finished_runs,
     latest_study_run,
     preregistered,
     top1,
 )
-from recondec.tracking.stats import EQUIVALENCE_MARGIN
 from recondec.tracking.tables import commands, markdown, provenance
 
 __all__ = ["write_report", "write_recon_report", "write_power_plan", "write_results_page", "latest_study_run",
@@ -60,7 +60,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     metric, target_value = top1(table), baseline_target(runs)
     # a pre-registration is about the test grid: runs on validation (a pilot under the same preset) are exploratory
     registered = preregistered(runs) if metric.startswith("test/") else None
-    found = families(table, registered, metric)
+    found = families(table, registered, metric, equivalence_margin(runs))
     target = baseline_target_record(table, metric, target_value)
     out_dir.mkdir(parents=True, exist_ok=True)
     head, rest = markdown(table, experiment, found, target).split("\n", 1)
@@ -106,10 +106,11 @@ def _log_summary(tracking_uri: str, experiment: str, table, found, out_dir: Path
 
 
 def write_power_plan(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optional[str] = None,
-                     mde: float = EQUIVALENCE_MARGIN) -> Path:
-    """power_plan.md in out_dir: the seeds a grid needs, planned from this (pilot) experiment's runs."""
+                     mde: Optional[float] = None) -> Path:
+    """power_plan.md in out_dir: the seeds a grid needs to detect `mde` points (default: the preset's equivalence
+    margin), planned from this (pilot) experiment's runs."""
     runs, table = _reported_table(tracking_uri, experiment, sweep)
-    metric = top1(table)
+    metric, mde = top1(table), equivalence_margin(runs) if mde is None else mde
     rows = power_plan.plan(table, metric, preregistered(runs), mde)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "power_plan.md"

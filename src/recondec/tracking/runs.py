@@ -16,7 +16,7 @@ from typing import Optional
 import mlflow
 
 from recondec.config import variant_names
-from recondec.tracking.stats import CONFIDENCE
+from recondec.tracking.stats import CONFIDENCE, EQUIVALENCE_MARGIN
 
 BASELINE = "baseline"
 CLASSIFIER = "classifier (start)"  # the cached classifier a fine-tuning grid starts from (its own run)
@@ -245,6 +245,12 @@ def baseline_target(runs) -> Optional[float]:
     """The baseline's top-1 (%) the preset says a competent recipe reaches here (tag "baseline_target"), or None."""
     tag = common_tag(runs, "baseline_target")
     return None if tag is None else float(tag)
+
+
+def equivalence_margin(runs) -> float:
+    """The points of top-1 too small to matter (tag "equivalence_margin"; runs from before the tag: 1 point)."""
+    tag = common_tag(runs, "equivalence_margin")
+    return EQUIVALENCE_MARGIN if tag is None else float(tag)
 
 
 def common_param(runs, key: str) -> Optional[str]:

@@ -17,6 +17,7 @@ from recondec.tracking.comparisons import (
     Family,
     against_text,
     design_text,
+    margin_of,
     parse_entry,
     verdict,
 )
@@ -80,8 +81,9 @@ def diagnostic_columns(table) -> list[tuple[str, str, int, float]]:
 
 # ---------------------------------------------------------------------------------------------- comparisons
 def comparison_lines(comps: dict[str, Comparison]) -> list[str]:
+    margin = next((c.equivalence.margin for c in comps.values()), EQUIVALENCE_MARGIN)
     lines = ["| comparison | test used | Δ top-1 | 95 % CI | p | Holm p | MDE (80 % power) | "
-             f"TOST p (±{EQUIVALENCE_MARGIN:g}) | Welch Δ, 95 % CI | Welch p |", "|" + "---|" * 10]
+             f"TOST p (±{margin:g}) | Welch Δ, 95 % CI | Welch p |", "|" + "---|" * 10]
     for name, c in comps.items():
         lines.append(f"| {name} | {design_text(c)} | {c.diff:+.2f} | {fmt_ci(c.ci)} | {fmt_num(c.p)} | "
                      f"{fmt_num(c.p_holm)} | {fmt_num(c.mde, '.2f')} | {fmt_num(c.equivalence.p)} | "
@@ -115,11 +117,11 @@ def family_lines(family: Family) -> list[str]:
     return [*lines, "", *comparison_lines(family.comparisons)] if family.comparisons else lines
 
 
-def methods_text() -> str:
+def methods_text(margin: float = EQUIVALENCE_MARGIN) -> str:
     return (f"Top-1 comparisons ({CONFIDENCE:.0%} confidence). The test used: paired over the seeds when they pair "
             "the runs, else Welch's; Holm: adjusted within the comparison's family; MDE: the true difference that "
             f"test detects with {POWER:.0%} power at alpha 0.05 / the family's size; TOST: two one-sided tests that "
-            f"the difference lies within ±{EQUIVALENCE_MARGIN:g} point (shown equivalent when its p < 0.05).")
+            f"the difference lies within ±{margin:g} point{'s' * (margin != 1)} (shown equivalent when its p < 0.05).")
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -139,7 +141,7 @@ def markdown(table, experiment: str, found: list[Family], target: Optional[dict]
                   "from the start of the run (at the last validation); where the runs have it, the first-conv share's "
                   "median over every validation of the run.", "", *table_lines(table, diagnostics)]
     if any(f.comparisons for f in found):
-        lines += ["", methods_text()]
+        lines += ["", methods_text(margin_of(found))]
         for family in found:
             lines += family_lines(family)
     return "\n".join(lines) + "\n"
