@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 from recondec.tracking.runs import BASELINE, CLASSIFIER, UNLABELLED, Stat, ordered, seed_order, without_unlabelled
 from recondec.tracking.stats import (
@@ -163,9 +163,9 @@ def families(table, registered: Optional[dict[str, list[str]]], metric: str,
     return [run_family(table, f, metric, margin) for f in plan_families(table, registered) if f.pairs]
 
 
-def margin_of(found: list[Family]) -> float:
-    """The TOST margin the families' comparisons used."""
-    return next((c.equivalence.margin for f in found for c in f.comparisons.values()), EQUIVALENCE_MARGIN)
+def margin_of(comparisons: Iterable[Comparison]) -> float:
+    """The TOST margin the comparisons used (one per report: the preset's)."""
+    return next((c.equivalence.margin for c in comparisons), EQUIVALENCE_MARGIN)
 
 
 def family_of(found: list[Family], row: str, ref: str = BASELINE) -> Optional[Family]:

@@ -81,9 +81,8 @@ def diagnostic_columns(table) -> list[tuple[str, str, int, float]]:
 
 # ---------------------------------------------------------------------------------------------- comparisons
 def comparison_lines(comps: dict[str, Comparison]) -> list[str]:
-    margin = next((c.equivalence.margin for c in comps.values()), EQUIVALENCE_MARGIN)
     lines = ["| comparison | test used | Δ top-1 | 95 % CI | p | Holm p | MDE (80 % power) | "
-             f"TOST p (±{margin:g}) | Welch Δ, 95 % CI | Welch p |", "|" + "---|" * 10]
+             f"TOST p (±{margin_of(comps.values()):g}) | Welch Δ, 95 % CI | Welch p |", "|" + "---|" * 10]
     for name, c in comps.items():
         lines.append(f"| {name} | {design_text(c)} | {c.diff:+.2f} | {fmt_ci(c.ci)} | {fmt_num(c.p)} | "
                      f"{fmt_num(c.p_holm)} | {fmt_num(c.mde, '.2f')} | {fmt_num(c.equivalence.p)} | "
@@ -141,7 +140,7 @@ def markdown(table, experiment: str, found: list[Family], target: Optional[dict]
                   "from the start of the run (at the last validation); where the runs have it, the first-conv share's "
                   "median over every validation of the run.", "", *table_lines(table, diagnostics)]
     if any(f.comparisons for f in found):
-        lines += ["", methods_text(margin_of(found))]
+        lines += ["", methods_text(margin_of(c for f in found for c in f.comparisons.values()))]
         for family in found:
             lines += family_lines(family)
     return "\n".join(lines) + "\n"
