@@ -9,6 +9,10 @@ sweep, the dose-response. A reconstruction study's experiment gets its table and
     python src/report.py recon_fmnist                         # the reconstruction study's table and figure
     python src/report.py lowlabel_fmnist --plan               # the seeds a grid needs, from a pilot's runs
     python src/report.py --docs                               # docs/results.md from every reports/<experiment>/
+    python src/report.py finetune_fmnist --import reports/finetune_fmnist/runs.jsonl   # a grid's earlier runs first
+
+Every report also writes runs.jsonl, the runs it read: `--import` loads such a file into the tracking URI (runs it
+already holds are skipped), so that a grid split across machines or sessions is reported as one.
 """
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: $MLFLOW_TRACKING_URI, else the repository's mlflow.db (as the jobs)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/<experiment>)")
     parser.add_argument("--sweep", default=None, help="only the runs of this multirun folder (their 'sweep' tag)")
+    parser.add_argument("--import", dest="imports", type=Path, action="append", default=[], metavar="RUNS_JSONL",
+                        help="first load this runs.jsonl (a report's; repeatable) into the experiment in the tracking "
+                             "URI; runs already there are skipped")
     parser.add_argument("--plan", action="store_true",
                         help="instead of the report: the seeds a grid needs, planned from this pilot experiment's "
                              "runs (power_plan.md)")
@@ -42,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report_experiment(args: argparse.Namespace) -> None:
+    from recondec.tracking.carry import import_runs
     from recondec.tracking.report import latest_study_run, write_power_plan, write_recon_report, write_report
     from recondec.tracking.runs import require_experiment
 
+    for path in args.imports:
+        created, present = import_runs(args.tracking_uri, args.experiment, path)
+        print(f"imported {created} runs from {path} into {args.tracking_uri} ({present} were there already)")
     require_experiment(args.tracking_uri, args.experiment)
     out = args.out or REPO_ROOT / "reports" / args.experiment
     if args.plan:

@@ -18,6 +18,7 @@ from typing import Optional
 import mlflow
 
 from recondec.tracking import dose_response, power_plan
+from recondec.tracking.carry import RUNS_FILE, write_runs
 from recondec.tracking.comparisons import families
 from recondec.tracking.mlflow_logger import set_experiment
 from recondec.tracking.plots import plot_accuracy, plot_dose_response, plot_recon_error, save
@@ -29,12 +30,14 @@ from recondec.tracking.runs import (
     ReportError,
     add_classifier_row,
     baseline_target,
+    classifier_runs,
     collect,
     common_param,
     equivalence_margin,
     finished_runs,
     latest_study_run,
     preregistered,
+    seeds_across_machines,
     top1,
 )
 from recondec.tracking.tables import commands, markdown, provenance
@@ -53,8 +56,9 @@ def _reported_table(tracking_uri: str, experiment: str, sweep: Optional[str]):
 
 
 def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optional[str] = None) -> tuple[Path, str]:
-    """Write report.md, comparisons.json and the plots (and, for a loss-weight sweep, dose_response.md and .png)
-    into out_dir, and log them to MLflow as one summary run."""
+    """Write report.md, comparisons.json, the plots (and, for a loss-weight sweep, dose_response.md and .png) and
+    runs.jsonl (the runs read, classifiers included: tracking/carry.py) into out_dir, and log them to MLflow as one
+    summary run."""
     runs, table = _reported_table(tracking_uri, experiment, sweep)
     left_out = add_classifier_row(tracking_uri, runs, table)  # a fine-tuning grid's start, from its own runs
     metric, target_value = top1(table), baseline_target(runs)
@@ -65,6 +69,10 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     out_dir.mkdir(parents=True, exist_ok=True)
     head, rest = markdown(table, experiment, found, target).split("\n", 1)
     text = f"{head}\n\n{commands(experiment)} {provenance(runs)}\n{rest}"
+    mixed = seeds_across_machines(runs)
+    if mixed:
+        text += ("\nSeeds whose arms ran on different machines (their paired differences also hold the machines' "
+                 "arithmetic):\n\n" + "\n".join(f"- {line}" for line in mixed) + "\n")
     if left_out:
         text += f"\nLeft out of the row {CLASSIFIER}:\n\n" + "\n".join(f"- {line}" for line in left_out) + "\n"
     points = dose_response.dose_points(table, metric) if dose_response.has_scales(table) else []
@@ -79,6 +87,8 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     (out_dir / "comparisons.json").write_text(json.dumps(found_records, indent=1, allow_nan=False))
     save(plot_accuracy(table), out_dir / "accuracy_per_variant.png")
     save(plot_recon_error(table), out_dir / "recon_error_per_level.png")
+    started = [c for c in classifier_runs(tracking_uri, runs).values() if c is not None]
+    write_runs([*runs, *started], out_dir / RUNS_FILE)  # what the report read, for `src/report.py --import`
     return out_dir / "report.md", _log_summary(tracking_uri, experiment, table, found, out_dir)
 
 

@@ -171,26 +171,33 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
     return table
 
 
+def classifier_runs(tracking_uri: str, runs) -> dict[str, Optional[mlflow.entities.Run]]:
+    """The classifier runs `runs` started from (tag ``classifier_run``): run id -> its run, None when the store
+    does not hold it. Seeds often share one classifier: each is fetched once."""
+    client = mlflow.MlflowClient(tracking_uri)
+    fetched: dict[str, Optional[mlflow.entities.Run]] = {}
+    for run_id in sorted({r.data.tags["classifier_run"] for r in runs if "classifier_run" in r.data.tags}):
+        try:
+            fetched[run_id] = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            fetched[run_id] = None
+    return fetched
+
+
 def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]]) -> list[str]:
     """The row CLASSIFIER, in place: for each seed, the top-1 / top-5 of the classifier run that seed's baseline
     started from (tag ``classifier_run``), paired with that baseline (the same start); only on the splits the
     baseline reports, each measured on the same images (data.val_limit / data.test_limit), so that the row never
     decides the report's split nor compares two test sets. Returns what it left out, one line each (a classifier
     run the store does not hold, one without the split's numbers)."""
-    client = mlflow.MlflowClient(tracking_uri)
     started = {r.data.tags.get("seed", r.info.run_id): r for r in runs
                if row_name(r) == BASELINE and "classifier_run" in r.data.tags}
     splits = {key.split("/")[0] for key in table.get(BASELINE, {}) if key.endswith("/top1")}
     stats: dict[str, Stat] = {}
     left_out: list[str] = []
-    fetched: dict[str, Optional[mlflow.entities.Run]] = {}  # seeds often share one classifier: fetch it once
+    fetched = classifier_runs(tracking_uri, started.values())
     for seed, run in started.items():
         run_id = run.data.tags["classifier_run"]
-        if run_id not in fetched:
-            try:
-                fetched[run_id] = client.get_run(run_id)
-            except mlflow.exceptions.MlflowException:
-                fetched[run_id] = None
         classifier = fetched[run_id]
         if classifier is None:
             left_out.append(f"seed {seed}: its classifier's run {run_id} is not in {tracking_uri}")
@@ -212,6 +219,19 @@ def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]
     if stats:
         table[CLASSIFIER] = stats
     return left_out
+
+
+def seeds_across_machines(runs) -> list[str]:
+    """One line per seed whose runs carry different machine tags (device, torch): its paired differences then hold
+    two machines' arithmetic besides the arms' (the same seed gives other numbers on another CPU). A grid is split
+    across machines by seeds, never one seed's arms."""
+    by_seed: dict[str, set[str]] = {}
+    for run in runs:
+        tags = run.data.tags
+        by_seed.setdefault(tags.get("seed", run.info.run_id), set()).add(
+            f"{tags.get('device', '?')}, torch {tags.get('torch', '?')}")
+    return [f"seed {seed}: {' | '.join(sorted(machines))}" for seed, machines in sorted(by_seed.items())
+            if len(machines) > 1]
 
 
 def reported_split(table) -> str:
