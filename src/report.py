@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mde", type=float, default=None,
                         help="with --plan: the true difference in points of top-1 to detect with 80%% power "
                              "(default: the preset's report.equivalence_margin, 1 point unless it says otherwise)")
+    parser.add_argument("--family-size", type=int, default=None, metavar="M",
+                        help="with --plan: the Holm family the grid's rows will be corrected in (default: each row's "
+                             "family under the pilot's pre-registration, else every row against the baseline)")
     parser.add_argument("--docs", action="store_true",
                         help="write docs/results.md from every reports/<experiment>/ (after the experiment's report, "
                              "when one is named)")
@@ -59,7 +62,8 @@ def report_experiment(args: argparse.Namespace) -> None:
     require_experiment(args.tracking_uri, args.experiment)
     out = args.out or REPO_ROOT / "reports" / args.experiment
     if args.plan:
-        path = write_power_plan(args.tracking_uri, args.experiment, out, args.sweep, args.mde)
+        path = write_power_plan(args.tracking_uri, args.experiment, out, args.sweep, args.mde,
+                                args.family_size)
         print(path.read_text())
         print(f"written {path}")
     elif latest_study_run(args.tracking_uri, args.experiment) is not None:
@@ -75,6 +79,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.experiment is None and not args.docs:
         parser.error("name an experiment, or give --docs")
+    if args.family_size is not None and (args.family_size < 1 or not args.plan):
+        parser.error("--family-size takes a count of 1 or more, and goes with --plan")
     from recondec.tracking.report import ReportError, write_results_page
 
     try:

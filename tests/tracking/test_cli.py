@@ -32,3 +32,19 @@ def test_the_plan_asks_for_the_seeds_the_upper_bound_of_the_pilots_spread_needs(
                      str(seeds_for_power(stdev(d), 1.5, 0.05 / m)), str(seeds_for_mde(stdev(d), 4, 0.05 / m, 1.5))]
     unpaired = next(line for line in lines if line.startswith("| swwae_first |"))
     assert unpaired.split(" | ")[1:3] == ["0", "-"]  # its runs do not pair with the baseline's: nothing to plan on
+
+
+def test_a_dose_pilot_plans_for_the_family_the_grid_will_correct_in(preregistered_grid, tmp_path, capsys):
+    """A dose curve's runs carry no pre-registration: --family-size says the grid's Holm family."""
+    uri, experiment = preregistered_grid
+    load_script("report").main([experiment, "--plan", "--mde", "1.5", "--family-size", "5", "--tracking-uri", uri,
+                                "--out", str(tmp_path)])
+    lines = (tmp_path / "power_plan.md").read_text().splitlines()
+    d = [x - y for x, y in zip(ROWS["swwae_all"][1], ROWS["baseline"][1], strict=True)]
+    cells = next(line for line in lines if line.startswith("| swwae_all |")).strip("| ").split(" | ")
+    assert cells[4:] == ["5", str(seeds_for_power(stdev(d), 1.5, 0.05 / 5)),
+                         str(seeds_for_mde(stdev(d), 4, 0.05 / 5, 1.5))]
+    for bad in (["--family-size", "0", "--plan"], ["--family-size", "3"]):  # none, or without a plan
+        with pytest.raises(SystemExit):
+            load_script("report").main([experiment, *bad, "--tracking-uri", uri, "--out", str(tmp_path)])
+    assert "--family-size takes a count of 1 or more" in capsys.readouterr().err

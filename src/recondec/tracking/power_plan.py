@@ -45,8 +45,11 @@ def _or_none(planner: Callable[..., int], *args) -> Optional[int]:
         return None
 
 
-def plan(table, metric: str, registered: Optional[dict], mde: float = EQUIVALENCE_MARGIN) -> list[PlanRow]:
-    """One PlanRow per row with `metric` (n = 0 when none of its seeds pairs with the baseline's)."""
+def plan(table, metric: str, registered: Optional[dict], mde: float = EQUIVALENCE_MARGIN,
+         family_size: Optional[int] = None) -> list[PlanRow]:
+    """One PlanRow per row with `metric` (n = 0 when none of its seeds pairs with the baseline's). m is each row's
+    family size under the pilot's pre-registration, or `family_size` when given (a dose curve's runs carry none:
+    the grid's family is what its Holm correction will be)."""
     if metric not in table.get(BASELINE, {}):
         return []
     planned = plan_families(table, registered)
@@ -58,7 +61,7 @@ def plan(table, metric: str, registered: Optional[dict], mde: float = EQUIVALENC
         diffs = [table[row][metric].by_seed[s] - table[BASELINE][metric].by_seed[s] for s in c.paired_seeds]
         sd = stdev(diffs) if len(diffs) > 1 else math.nan
         family = family_of(planned, row)
-        m = len(family.pairs) if family else 1
+        m = family_size or (len(family.pairs) if family else 1)
         alpha = ALPHA / m
         rows.append(PlanRow(row, len(diffs), sd, sd_upper_bound(sd, len(diffs)), m,
                             _or_none(seeds_for_power, sd, mde, alpha, POWER, MOST_SEEDS),

@@ -116,12 +116,13 @@ def _log_summary(tracking_uri: str, experiment: str, table, found, out_dir: Path
 
 
 def write_power_plan(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optional[str] = None,
-                     mde: Optional[float] = None) -> Path:
+                     mde: Optional[float] = None, family_size: Optional[int] = None) -> Path:
     """power_plan.md in out_dir: the seeds a grid needs to detect `mde` points (default: the preset's equivalence
-    margin), planned from this (pilot) experiment's runs."""
+    margin) in a Holm family of `family_size` (default: the pilot's pre-registration), planned from this (pilot)
+    experiment's runs."""
     runs, table = _reported_table(tracking_uri, experiment, sweep)
     metric, mde = top1(table), equivalence_margin(runs) if mde is None else mde
-    rows = power_plan.plan(table, metric, preregistered(runs), mde)
+    rows = power_plan.plan(table, metric, preregistered(runs), mde, family_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "power_plan.md"
     path.write_text(power_plan.markdown(rows, experiment, metric, mde))
