@@ -79,6 +79,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.experiment is None and not args.docs:
         parser.error("name an experiment, or give --docs")
+    if args.imports and args.experiment is None:
+        parser.error("--import loads runs into an experiment: name it")
     if args.family_size is not None and (args.family_size < 1 or not args.plan):
         parser.error("--family-size takes a count of 1 or more, and goes with --plan")
     from recondec.tracking.report import ReportError, write_results_page

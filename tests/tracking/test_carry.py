@@ -93,6 +93,14 @@ def test_a_file_that_is_not_a_runs_file_is_refused_with_its_line(tmp_path):
         read_runs(tmp_path / "missing.jsonl")
 
 
+def test_another_experiments_runs_are_refused(tmp_path):
+    a = f"sqlite:///{tmp_path}/a.db"
+    log_seeds(a, [0])
+    report(a, tmp_path / "a")
+    with pytest.raises(ReportError, match=f"holds the runs of experiment {EXPERIMENT}, not 'other'"):
+        import_runs(f"sqlite:///{tmp_path}/b.db", "other", tmp_path / "a" / RUNS_FILE)
+
+
 def test_the_cli_imports_before_it_reports(tmp_path, capsys):
     main = load_script("report").main
     a, b = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
@@ -105,6 +113,9 @@ def test_the_cli_imports_before_it_reports(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([EXPERIMENT, "--tracking-uri", b, "--import", str(tmp_path / "nope.jsonl")])
     assert stop.value.code == 2 and "no runs file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--docs", "--import", str(tmp_path / "a" / RUNS_FILE)])
+    assert "--import loads runs into an experiment: name it" in capsys.readouterr().err
 
 
 def test_a_seed_whose_arms_ran_on_two_machines_is_named_in_the_report(tmp_path):

@@ -7,7 +7,8 @@ them into the tracking URI before reporting, so that new seeds run into that sto
 what a report reads: the run's times and status, its parameters, its tags and the last value of every metric
 (metric histories are not carried: the MLflow UI shows an imported run's metrics as single points). Importing twice
 adds nothing: an imported run keeps the id it was first made with in the tag ``imported_from``
-(through any number of stores). Tags that name another run
+(through any number of stores; set last, so that an import cut off half-way is re-made, not taken as done). A file
+is refused by another experiment than the one its report was on. Tags that name another run
 (``classifier_run``) are rewritten to that run's id in the new store; nesting under a sweep's parent run is not carried.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
 
 from recondec.tracking.mlflow_logger import set_experiment
 from recondec.tracking.runs import ReportError
@@ -28,19 +29,19 @@ DROPPED_TAGS = ("mlflow.parentRunId", "mlflow.log-model.history")  # a parent th
 BATCH = 100  # MLflow's limit on the params (and tags) of one log_batch
 
 
-def run_record(run) -> dict:
-    """One finished run as a JSON-able dict (its original id under "run_id")."""
-    return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-            "start_time": run.info.start_time, "end_time": run.info.end_time,
+def run_record(run, experiment: str) -> dict:
+    """One finished run of the report on `experiment` as a JSON-able dict (its original id under "run_id")."""
+    return {"experiment": experiment, "run_id": run.info.run_id, "run_name": run.info.run_name,
+            "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
             "params": dict(sorted(run.data.params.items())),
             "tags": {k: v for k, v in sorted(run.data.tags.items()) if k not in DROPPED_TAGS},
             "metrics": dict(sorted(run.data.metrics.items()))}
 
 
-def write_runs(runs, path: Path) -> Path:
-    """Write `runs` (MLflow Run objects), oldest first, one JSON object per line."""
+def write_runs(runs, experiment: str, path: Path) -> Path:
+    """Write `runs` (MLflow Run objects) of the report on `experiment`, oldest first, one JSON object per line."""
     ordered = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
-    path.write_text("".join(json.dumps(run_record(r), sort_keys=True) + "\n" for r in ordered))
+    path.write_text("".join(json.dumps(run_record(r, experiment), sort_keys=True) + "\n" for r in ordered))
     return path
 
 
@@ -67,11 +68,16 @@ def read_runs(path: Path) -> list[dict]:
 def _known_ids(client, experiment_id: str) -> dict[str, str]:
     """Original run id -> its id in this store, for every run of the experiment (imported or made here)."""
     known: dict[str, str] = {}
-    for run in client.search_runs([experiment_id], max_results=50_000):
-        known[run.info.run_id] = run.info.run_id
-        if ORIGIN_TAG in run.data.tags:
-            known[run.data.tags[ORIGIN_TAG]] = run.info.run_id
-    return known
+    token = None
+    while True:  # every page; deleted runs too, so that an import does not bring back what a user deleted
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+        for run in page:
+            known[run.info.run_id] = run.info.run_id
+            if ORIGIN_TAG in run.data.tags:
+                known[run.data.tags[ORIGIN_TAG]] = run.info.run_id
+        token = page.token
+        if not token:
+            return known
 
 
 def _batches(items: list, size: int = BATCH):
@@ -82,18 +88,22 @@ def _batches(items: list, size: int = BATCH):
 def import_runs(tracking_uri: str, experiment: str, path: Path) -> tuple[int, int]:
     """Create each run of `path` that `experiment` in `tracking_uri` does not hold yet; (created, already there)."""
     records = read_runs(path)
+    others = sorted({r["experiment"] for r in records if r.get("experiment", experiment) != experiment})
+    if others:
+        raise ReportError(f"{path} holds the runs of experiment {', '.join(others)}, not {experiment!r}")
     set_experiment(tracking_uri, experiment)
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     known = _known_ids(client, experiment_id)
     created = []
-    for record in records:
+    for record in records:  # oldest first: a classifier's run is made before the runs that name it
         origin = record["tags"].get(ORIGIN_TAG, record["run_id"])  # the store the run was first made in
         existing = known.get(record["run_id"]) or known.get(origin)
         if existing:
             known[record["run_id"]] = existing
             continue
-        tags = {**record["tags"], ORIGIN_TAG: origin}
+        tags = {k: known.get(v, v) if k in RUN_REFERENCES else v for k, v in record["tags"].items()
+                if k != ORIGIN_TAG}
         run = client.create_run(experiment_id, start_time=record["start_time"], run_name=record.get("run_name"))
         end = record.get("end_time") or record["start_time"]
         for chunk in _batches([Param(k, v) for k, v in record["params"].items()]):
@@ -103,10 +113,11 @@ def import_runs(tracking_uri: str, experiment: str, path: Path) -> tuple[int, in
         for chunk in _batches([Metric(k, v, end, 0) for k, v in record["metrics"].items()], 1000):
             client.log_batch(run.info.run_id, metrics=chunk)
         client.set_terminated(run.info.run_id, record["status"], end)
+        client.set_tag(run.info.run_id, ORIGIN_TAG, origin)  # last: a run cut off half-made is not taken as imported
         known[record["run_id"]] = run.info.run_id
         created.append((run.info.run_id, tags))
-    for run_id, tags in created:  # now that every run of the file has its new id
+    for run_id, tags in created:  # a reference to a run later in the file
         for key in RUN_REFERENCES:
-            if tags.get(key) in known:
+            if key in tags and known.get(tags[key], tags[key]) != tags[key]:
                 client.set_tag(run_id, key, known[tags[key]])
     return len(created), len(records) - len(created)

@@ -88,7 +88,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     save(plot_accuracy(table), out_dir / "accuracy_per_variant.png")
     save(plot_recon_error(table), out_dir / "recon_error_per_level.png")
     started = [c for c in classifier_runs(tracking_uri, runs).values() if c is not None]
-    write_runs([*runs, *started], out_dir / RUNS_FILE)  # what the report read, for `src/report.py --import`
+    write_runs([*runs, *started], experiment, out_dir / RUNS_FILE)  # what the report read, for `src/report.py --import`
     return out_dir / "report.md", _log_summary(tracking_uri, experiment, table, found, out_dir)
 
 
