@@ -60,7 +60,8 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     runs.jsonl (the runs read, classifiers included: tracking/carry.py) into out_dir, and log them to MLflow as one
     summary run."""
     runs, table = _reported_table(tracking_uri, experiment, sweep)
-    left_out = add_classifier_row(tracking_uri, runs, table)  # a fine-tuning grid's start, from its own runs
+    classifiers = classifier_runs(tracking_uri, runs)  # the runs a fine-tuning grid started from, each fetched once
+    left_out = add_classifier_row(tracking_uri, runs, table, classifiers)  # its row "classifier (start)"
     metric, target_value = top1(table), baseline_target(runs)
     # a pre-registration is about the test grid: runs on validation (a pilot under the same preset) are exploratory
     registered = preregistered(runs) if metric.startswith("test/") else None
@@ -87,7 +88,7 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     (out_dir / "comparisons.json").write_text(json.dumps(found_records, indent=1, allow_nan=False))
     save(plot_accuracy(table), out_dir / "accuracy_per_variant.png")
     save(plot_recon_error(table), out_dir / "recon_error_per_level.png")
-    started = [c for c in classifier_runs(tracking_uri, runs).values() if c is not None]
+    started = [c for c in classifiers.values() if c is not None]
     write_runs([*runs, *started], experiment, out_dir / RUNS_FILE)  # what the report read, for `src/report.py --import`
     return out_dir / "report.md", _log_summary(tracking_uri, experiment, table, found, out_dir)
 
