@@ -12,7 +12,7 @@ from scipy import stats
 from recondec.tracking.comparisons import compare, finish_family, verdict
 from recondec.tracking.mlflow_logger import set_experiment
 from recondec.tracking.report import recon_reading, with_backbone_column, write_report
-from recondec.tracking.runs import Stat, collect, finished_runs
+from recondec.tracking.runs import CLASSIFIER, Stat, collect, finished_runs
 from recondec.tracking.stats import minimum_detectable_effect, paired_test, power, seeds_for_power, welch_test
 
 TOP1 = {"baseline": [90.0, 90.5, 91.0], "swwae_all": [93.0, 93.2, 92.9], "sae_first": [90.2, 91.1, 89.9]}
@@ -218,7 +218,7 @@ def test_the_results_page_still_reads_the_reports_an_earlier_version_wrote(tmp_p
         for c in json.loads(folder.read_text())["comparisons"]:
             against = "" if c["against"] == "baseline" else f" (vs {c['against']})"
             claim_row = f"| {folder.parent.name} | {c['row']}{against} | {c['diff']:+.2f} |"
-            if c["against"] == "classifier (start)":  # the fine-tuning's own cost: in its section, not the claim table
+            if c["against"] == CLASSIFIER:  # the fine-tuning's own cost: in its section, not the claim table
                 assert claim_row not in text and f"| {c['row']} vs {c['against']} | paired" in text
             else:
                 assert claim_row in text

@@ -185,20 +185,18 @@ def classifier_runs(tracking_uri: str, runs) -> dict[str, Optional[mlflow.entiti
 
 
 def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]],
-                       fetched: Optional[dict[str, Optional[mlflow.entities.Run]]] = None) -> list[str]:
+                       fetched: dict[str, Optional[mlflow.entities.Run]]) -> list[str]:
     """The row CLASSIFIER, in place: for each seed, the top-1 / top-5 of the classifier run that seed's baseline
     started from (tag ``classifier_run``), paired with that baseline (the same start); only on the splits the
     baseline reports, each measured on the same images (data.val_limit / data.test_limit), so that the row never
     decides the report's split nor compares two test sets. Returns what it left out, one line each (a classifier
-    run the store does not hold, one without the split's numbers). `fetched`: classifier_runs' answer, where the
-    caller has it already (write_report: it writes the same runs into runs.jsonl)."""
+    run the store does not hold, one without the split's numbers). `fetched`: classifier_runs' answer for `runs`
+    (write_report writes the same classifier runs into runs.jsonl: one fetch serves both)."""
     started = {r.data.tags.get("seed", r.info.run_id): r for r in runs
                if row_name(r) == BASELINE and "classifier_run" in r.data.tags}
     splits = {key.split("/")[0] for key in table.get(BASELINE, {}) if key.endswith("/top1")}
     stats: dict[str, Stat] = {}
     left_out: list[str] = []
-    if fetched is None:
-        fetched = classifier_runs(tracking_uri, started.values())
     for seed, run in started.items():
         run_id = run.data.tags["classifier_run"]
         classifier = fetched[run_id]
