@@ -12,7 +12,8 @@ sweep, the dose-response. A reconstruction study's experiment gets its table and
     python src/report.py finetune_fmnist --import reports/finetune_fmnist/runs.jsonl   # a grid's earlier runs first
 
 Every report also writes runs.jsonl, the runs it read: `--import` loads such a file into the tracking URI (runs it
-already holds are skipped), so that a grid split across machines or sessions is reported as one.
+already holds are skipped), so that a grid split across machines or sessions is reported as one. A grid run into a
+new store from cached classifiers takes their runs alone: `--import-classifiers <the earlier report's runs.jsonl>`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--import", dest="imports", type=Path, action="append", default=[], metavar="RUNS_JSONL",
                         help="first load this runs.jsonl (a report's; repeatable) into the experiment in the tracking "
                              "URI; runs already there are skipped")
+    parser.add_argument("--import-classifiers", dest="classifier_imports", type=Path, action="append", default=[],
+                        metavar="RUNS_JSONL",
+                        help="first load only the classifier runs of this runs.jsonl (any experiment's report; "
+                             "repeatable): a grid run into a new store from cached classifiers gets its "
+                             "'classifier (start)' row")
     parser.add_argument("--plan", action="store_true",
                         help="instead of the report: the seeds a grid needs, planned from this pilot experiment's "
                              "runs (power_plan.md)")
@@ -56,9 +62,10 @@ def report_experiment(args: argparse.Namespace) -> None:
     from recondec.tracking.report import latest_study_run, write_power_plan, write_recon_report, write_report
     from recondec.tracking.runs import require_experiment
 
-    for path in args.imports:
-        created, present = import_runs(args.tracking_uri, args.experiment, path)
-        print(f"imported {created} runs from {path} into {args.tracking_uri} ({present} were there already)")
+    for path, classifiers_only in [(p, False) for p in args.imports] + [(p, True) for p in args.classifier_imports]:
+        created, present = import_runs(args.tracking_uri, args.experiment, path, classifiers_only)
+        what = "classifier runs" if classifiers_only else "runs"
+        print(f"imported {created} {what} from {path} into {args.tracking_uri} ({present} were there already)")
     require_experiment(args.tracking_uri, args.experiment)
     out = args.out or REPO_ROOT / "reports" / args.experiment
     if args.plan:
@@ -79,8 +86,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.experiment is None and not args.docs:
         parser.error("name an experiment, or give --docs")
-    if args.imports and args.experiment is None:
-        parser.error("--import loads runs into an experiment: name it")
+    if (args.imports or args.classifier_imports) and args.experiment is None:
+        parser.error("--import and --import-classifiers load runs into an experiment: name it")
     if args.family_size is not None and (args.family_size < 1 or not args.plan):
         parser.error("--family-size takes a count of 1 or more, and goes with --plan")
     from recondec.tracking.report import ReportError, write_results_page

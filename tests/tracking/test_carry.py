@@ -54,6 +54,46 @@ def test_a_grid_split_across_two_stores_reports_as_the_whole_grid_in_one(tmp_pat
         str(s): START[s] for s in range(4)}  # the imported baselines still find their classifiers
 
 
+def test_a_later_grid_in_a_new_store_takes_only_the_classifier_runs_of_the_earlier_report(tmp_path, capsys):
+    """Cached classifiers outlive their store: a later grid (another fine-tuning, a new store) starts from them and
+    names their runs in the earlier store. Importing the classifier runs alone gives it the row "classifier (start)";
+    the earlier grid's arms, the same rows under another protocol, stay out."""
+    earlier, later = f"sqlite:///{tmp_path}/earlier.db", f"sqlite:///{tmp_path}/later.db"
+    log_seeds(earlier, range(2))
+    report(earlier, tmp_path / "earlier")
+    classifiers = {r["tags"]["seed"]: r["run_id"] for r in read_runs(tmp_path / "earlier" / RUNS_FILE)
+                   if r["tags"].get("role") == "classifier"}
+    mlflow.set_tracking_uri(later)
+    set_experiment(later, EXPERIMENT)
+    for seed in range(2):
+        for arm, top1 in ARMS.items():
+            with mlflow.start_run(tags={"variant": arm, "seed": str(seed), "pairing": f"start{seed}",
+                                        "classifier_run": classifiers[str(seed)]}):
+                mlflow.log_params({"data.test_limit": "None", "trainer.seed": seed})
+                mlflow.log_metrics({"val/top1": 95.0, "test/top1": top1[seed] - 0.5, "encoder/rel_change": 0.05})
+    rows = {r["row"]: r for r in report(later, tmp_path / "before")["rows"]}
+    assert "classifier (start)" not in rows
+    assert "--import-classifiers" in (tmp_path / "before" / "report.md").read_text()
+    load_script("report").main([EXPERIMENT, "--tracking-uri", later, "--out", str(tmp_path / "after"),
+                                "--import-classifiers", str(tmp_path / "earlier" / RUNS_FILE)])
+    assert "imported 2 classifier runs" in capsys.readouterr().out
+    rows = {r["row"]: r for r in json.loads((tmp_path / "after" / "comparisons.json").read_text())["rows"]}
+    assert rows["classifier (start)"]["per_seed"] == {str(s): START[s] for s in range(2)}
+    own = {str(s): ARMS["baseline"][s] - 0.5 for s in range(2)}
+    assert rows["baseline"]["per_seed"] == pytest.approx(own)  # not the earlier grid's arms
+
+
+def test_a_classifier_import_of_a_file_without_classifiers_is_refused(tmp_path):
+    uri = f"sqlite:///{tmp_path}/s.db"
+    log_seeds(uri, range(1))
+    report(uri, tmp_path / "r")
+    arms_only = tmp_path / "arms.jsonl"
+    arms_only.write_text("".join(line + "\n" for line in (tmp_path / "r" / RUNS_FILE).read_text().splitlines()
+                                 if '"role": "classifier"' not in line))
+    with pytest.raises(ReportError, match="no classifier runs"):
+        import_runs(uri, EXPERIMENT, arms_only, classifiers_only=True)
+
+
 def test_importing_again_or_through_another_store_adds_nothing(tmp_path):
     a, b, c = (f"sqlite:///{tmp_path}/{name}.db" for name in "abc")
     log_seeds(a, range(2))
@@ -115,7 +155,7 @@ def test_the_cli_imports_before_it_reports(tmp_path, capsys):
     assert stop.value.code == 2 and "no runs file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--docs", "--import", str(tmp_path / "a" / RUNS_FILE)])
-    assert "--import loads runs into an experiment: name it" in capsys.readouterr().err
+    assert "load runs into an experiment: name it" in capsys.readouterr().err
 
 
 def test_a_seed_whose_arms_ran_on_two_machines_is_named_in_the_report(tmp_path):

@@ -20,10 +20,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
 from recondec.tracking.mlflow_logger import set_experiment
-from recondec.tracking.runs import ReportError
+from recondec.tracking.runs import ORIGIN_TAG, ReportError
 
 RUNS_FILE = "runs.jsonl"
-ORIGIN_TAG = "imported_from"
 RUN_REFERENCES = ("classifier_run",)  # tags whose value is another run's id
 DROPPED_TAGS = ("mlflow.parentRunId", "mlflow.log-model.history")  # a parent that is not carried; model metadata
 BATCH = 100  # MLflow's limit on the params (and tags) of one log_batch
@@ -85,11 +84,18 @@ def _batches(items: list, size: int = BATCH):
         yield items[i:i + size]
 
 
-def import_runs(tracking_uri: str, experiment: str, path: Path) -> tuple[int, int]:
-    """Create each run of `path` that `experiment` in `tracking_uri` does not hold yet; (created, already there)."""
+def import_runs(tracking_uri: str, experiment: str, path: Path, classifiers_only: bool = False) -> tuple[int, int]:
+    """Create each run of `path` that `experiment` in `tracking_uri` does not hold yet; (created, already there).
+    `classifiers_only`: only the classifier runs (tag role=classifier), from a report on any experiment: a later grid,
+    run into a new store from the cached classifiers of an earlier one, gets its "classifier (start)" row without
+    the earlier grid's arms."""
     records = read_runs(path)
+    if classifiers_only:
+        records = [r for r in records if r["tags"].get("role") == "classifier"]
+        if not records:
+            raise ReportError(f"{path} holds no classifier runs (tag role=classifier)")
     others = sorted({r["experiment"] for r in records if r.get("experiment", experiment) != experiment})
-    if others:
+    if others and not classifiers_only:
         raise ReportError(f"{path} holds the runs of experiment {', '.join(others)}, not {experiment!r}")
     set_experiment(tracking_uri, experiment)
     client = mlflow.MlflowClient(tracking_uri)

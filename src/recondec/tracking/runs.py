@@ -22,6 +22,7 @@ BASELINE = "baseline"
 CLASSIFIER = "classifier (start)"  # the cached classifier a fine-tuning grid starts from (its own run)
 UNLABELLED = "+unlabelled"
 SUMMARY_TAG = "summary"
+ORIGIN_TAG = "imported_from"  # an imported run's id in the store it was first made in (tracking/carry.py)
 VARIANT_ORDER = variant_names()
 # the metrics beyond val/ and test/ that a report shows (throughput, and whether the decoders' objective acted)
 SPEED_METRICS = ("train/img_per_s",)
@@ -172,16 +173,24 @@ def collect(runs) -> dict[str, dict[str, Stat]]:
 
 
 def classifier_runs(tracking_uri: str, runs) -> dict[str, Optional[mlflow.entities.Run]]:
-    """The classifier runs `runs` started from (tag ``classifier_run``): run id -> its run, None when the store
-    does not hold it. Seeds often share one classifier: each is fetched once."""
+    """The classifier runs `runs` started from (tag ``classifier_run``): run id -> its run, or the run imported
+    from it (tag ORIGIN_TAG: a later grid in a new store starts from cached classifiers whose runs an earlier store
+    logged), None when the store holds neither. Seeds often share one classifier: each is fetched once."""
     client = mlflow.MlflowClient(tracking_uri)
     fetched: dict[str, Optional[mlflow.entities.Run]] = {}
     for run_id in sorted({r.data.tags["classifier_run"] for r in runs if "classifier_run" in r.data.tags}):
         try:
             fetched[run_id] = client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
-            fetched[run_id] = None
+            fetched[run_id] = _imported_from(client, run_id)
     return fetched
+
+
+def _imported_from(client, run_id: str) -> Optional[mlflow.entities.Run]:
+    """The run of this store that was imported from `run_id`, in any experiment; None if there is none."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(experiments, filter_string=f"tags.{ORIGIN_TAG} = '{run_id}'", max_results=1)
+    return found[0] if found else None
 
 
 def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]],
@@ -201,7 +210,8 @@ def add_classifier_row(tracking_uri: str, runs, table: dict[str, dict[str, Stat]
         run_id = run.data.tags["classifier_run"]
         classifier = fetched[run_id]
         if classifier is None:
-            left_out.append(f"seed {seed}: its classifier's run {run_id} is not in {tracking_uri}")
+            left_out.append(f"seed {seed}: its classifier's run {run_id} is not in {tracking_uri} "
+                            "(`--import-classifiers <runs.jsonl>` brings it from a report on the store that logged it)")
             continue
         for split in sorted(splits):
             limit = f"data.{split}_limit"
