@@ -35,6 +35,8 @@ def test_a_preregistered_scale_names_the_row_however_the_number_is_written():
     from recondec.tracking.comparisons import parse_entry
 
     assert parse_entry("swwae_all@10.0") == ("swwae_all@10", "baseline")
+    assert parse_entry("swwae_all@1") == ("swwae_all", "baseline")  # scale 1 runs carry no tag: their row has no "@"
+    assert parse_entry("sae_all@1.0 vs swwae_all@0.1") == ("sae_all", "swwae_all@0.1")
     assert parse_entry("swwae_all+unlabelled@1e2 vs swwae_all@100") == ("swwae_all+unlabelled@100", "swwae_all@100")
 
 

@@ -104,7 +104,8 @@ def parse_entry(text: str) -> tuple[str, str]:
 
 def _canonical(row: str) -> str:
     name, at, scale = row.partition("@")
-    return f"{name}@{float(scale):g}" if at else name
+    # a run at scale 1 carries no loss_scale tag, so its row has no "@": "swwae_all@1" names the row "swwae_all"
+    return f"{name}@{float(scale):g}" if at and float(scale) != 1.0 else name
 
 
 @dataclass
