@@ -202,6 +202,30 @@ def test_the_results_page_is_generated_from_the_reports_and_links_what_exists(st
         assert (page.parent / link).resolve().is_file(), link
 
 
+def test_the_label_budgets_plot_draws_every_row_at_its_own_loss_scale():
+    """Rows carry their weight ("swwae_all@300"); the plot once drew only rows named exactly as a variant, and the
+    committed figure came out empty."""
+    import matplotlib.pyplot as plt
+
+    from recondec.tracking.plots import plot_label_budgets
+
+    def record(diff):
+        return {"diff": diff, "ci": (diff - 1.0, diff + 1.0)}
+
+    budgets = [("10 per class", {"swwae_all@300": record(-4.7), "sae_all@100": record(-5.0),
+                                 "swwae_all+unlabelled@300": record(-6.0)}),
+               ("all", {"swwae_all": record(-0.03), "sae_all@0.1": record(-0.01)})]
+    fig = plot_label_budgets(budgets)
+    ax = fig.axes[0]
+    colour = {c.lines[0].get_ydata()[0]: c.lines[0].get_color() for c in ax.containers}  # Δ -> its colour
+    assert sorted(colour) == sorted([-4.7, -5.0, -6.0, -0.03, -0.01])
+    assert colour[-4.7] == colour[-0.03] and colour[-5.0] == colour[-0.01]  # a variant keeps its colour
+    assert len({colour[-4.7], colour[-5.0], colour[-6.0]}) == 3
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sae_all", "swwae_all", "swwae_all+unlabelled"]
+    assert sorted(a.get_text() for a in ax.texts) == sorted(["@300", "@100", "@300", "@1", "@0.1"])
+    plt.close(fig)
+
+
 def test_the_results_page_still_reads_the_reports_an_earlier_version_wrote(tmp_path):
     """The committed reports/ predate the families, the equivalence tests and the per-seed rows."""
     import shutil

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from recondec.tracking.dose_response import MIN_SHARE, DosePoint, chosen_scales
-from recondec.tracking.runs import BASELINE, VARIANT_ORDER, ordered, reported_split
+from recondec.tracking.runs import BASELINE, CLASSIFIER, ordered, reported_split, split_scale
 from recondec.tracking.stats import CONFIDENCE
 
 
@@ -84,23 +84,32 @@ def plot_recon_error(table):
 
 
 def plot_label_budgets(budgets: list[tuple[str, dict[str, dict]]]):
-    """Δ top-1 against the baseline per variant with its 95 % CI, one group per label budget; budgets: (the
-    budget's label, row -> its comparison record against the baseline)."""
+    """Δ top-1 against the baseline per row with its 95 % CI, one group per label budget; budgets: (the budget's
+    label, row -> its comparison record against the baseline). A variant keeps its colour across budgets; each
+    point is marked with its loss scale, which differs between budgets."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    rows = [v for v in VARIANT_ORDER if v != BASELINE]
-    width = 0.8 / len(rows)
-    for j, (_, records) in enumerate(budgets):
+    per_budget = [[r for r in ordered(records) if r not in (BASELINE, CLASSIFIER)] for _, records in budgets]
+    variants = list(dict.fromkeys(split_scale(r)[0] for rows in per_budget for r in rows))
+    width = 0.8 / max(1, max(map(len, per_budget)))
+    labelled = set()
+    for j, ((_, records), rows) in enumerate(zip(budgets, per_budget)):
         for i, row in enumerate(rows):
-            c = records.get(row)
-            if c is not None:
-                x = j + (i - (len(rows) - 1) / 2) * width
-                _error_bar(ax, x, c["diff"], c["ci"], capsize=2, color=f"C{i}", label=row if j == 0 else None)
+            variant, scale = split_scale(row)
+            k = variants.index(variant)
+            x = j + (i - (len(rows) - 1) / 2) * width
+            c = records[row]
+            label = None if variant in labelled else variant  # one legend entry per variant
+            labelled.add(variant)
+            _error_bar(ax, x, c["diff"], c["ci"], capsize=2, color=f"C{k % 10}", label=label)
+            weight = f"@{1 if scale is None else scale:g}"  # a row without "@" ran at loss scale 1
+            ax.annotate(weight, (x, c["diff"]), xytext=(3, 0), textcoords="offset points", fontsize=6)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(budgets)), [label for label, _ in budgets], fontsize=8)
     ax.set_ylabel("Δ test top-1 vs baseline (points)")
     ax.set_title(f"each variant against the baseline, per label budget ({CONFIDENCE:.0%} CI)")
-    ax.legend(fontsize=7, ncol=3)
+    if variants:
+        ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     return fig
 
