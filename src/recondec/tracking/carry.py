@@ -94,9 +94,10 @@ def import_runs(tracking_uri: str, experiment: str, path: Path, classifiers_only
         records = [r for r in records if r["tags"].get("role") == "classifier"]
         if not records:
             raise ReportError(f"{path} holds no classifier runs (tag role=classifier)")
-    others = sorted({r["experiment"] for r in records if r.get("experiment", experiment) != experiment})
-    if others and not classifiers_only:
-        raise ReportError(f"{path} holds the runs of experiment {', '.join(others)}, not {experiment!r}")
+    else:  # a classifier serves any experiment; a grid's arms belong to theirs
+        others = sorted({r["experiment"] for r in records if r.get("experiment", experiment) != experiment})
+        if others:
+            raise ReportError(f"{path} holds the runs of experiment {', '.join(others)}, not {experiment!r}")
     set_experiment(tracking_uri, experiment)
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
