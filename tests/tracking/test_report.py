@@ -281,6 +281,9 @@ def test_a_fine_tuning_grid_reports_the_classifier_it_starts_from(tmp_path):
     assert by_pair["swwae_all", "baseline"]["family"] == ["swwae_all"]
     report = (out / "report.md").read_text()
     assert "| classifier (start) | 3 | 92.13 ± 0.42 |" in report
+    # the header's count and commit are the arms'; the classifiers' own runs (often an earlier grid's) are said apart
+    assert "'finetune'). 6 runs from " in report
+    assert "The row classifier (start) is read from the classifiers' own runs: 3 runs from " in report
     assert "**baseline** no difference from the classifier it starts from detected" in report
     text = write_results_page(tmp_path / "reports", tmp_path / "results.md").read_text()
     assert "| finetune_fmnist | swwae_all |" in text and "| finetune_fmnist | baseline (vs" not in text

@@ -69,7 +69,9 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     target = baseline_target_record(table, metric, target_value)
     out_dir.mkdir(parents=True, exist_ok=True)
     head, rest = markdown(table, experiment, found, target).split("\n", 1)
-    text = f"{head}\n\n{commands(experiment)} {provenance(runs)}\n{rest}"
+    started = [c for c in classifiers.values() if c is not None]
+    made = f" The row {CLASSIFIER} is read from the classifiers' own runs: {provenance(started)}" if started else ""
+    text = f"{head}\n\n{commands(experiment)} {provenance(runs)}{made}\n{rest}"
     mixed = seeds_across_machines(runs)
     if mixed:
         text += ("\nSeeds whose arms ran on different machines (their paired differences also hold the machines' "
@@ -88,7 +90,6 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path, sweep: Optio
     (out_dir / "comparisons.json").write_text(json.dumps(found_records, indent=1, allow_nan=False))
     save(plot_accuracy(table), out_dir / "accuracy_per_variant.png")
     save(plot_recon_error(table), out_dir / "recon_error_per_level.png")
-    started = [c for c in classifiers.values() if c is not None]
     write_runs([*runs, *started], experiment, out_dir / RUNS_FILE)  # what the report read, for `src/report.py --import`
     return out_dir / "report.md", _log_summary(tracking_uri, experiment, table, found, out_dir)
 
