@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -194,14 +195,25 @@ class Trainer:
             with autocast(self.device, self.cfg.trainer.precision):
                 terms = self.loss_terms(x, y, xu)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.nonfinite.admit(terms, self.state.step + 1):
+            admitted = self.nonfinite.admit(terms, self.state.step + 1)
+            if admitted:
                 self.scaler.scale(terms["total"]).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.state.running.update(terms)
-        self.setup.scheduler.step()  # a skipped batch still advances the LR schedule, which counts batches
+        self._advance_schedule(after_skip=not admitted)
         self.state.step += 1
         return x.shape[0]
+
+    def _advance_schedule(self, after_skip: bool) -> None:
+        """One LR-schedule step per batch, skipped or not (the schedule counts batches). After a skipped batch that
+        was its stage's first, torch warns that the schedule stepped before its optimiser: meant here, so silenced."""
+        if not after_skip:
+            self.setup.scheduler.step()
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+            self.setup.scheduler.step()
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, xu: Optional[torch.Tensor] = None) -> dict:
         """The stage's loss terms. With unlabelled images, one forward pass over both batches: cross-entropy over the
