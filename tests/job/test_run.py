@@ -128,6 +128,8 @@ def test_multirun_of_two_jobs_gives_two_child_runs_of_one_parent(tmp_path):
     runs = [r for r in runs_of(db, "grid") if r.data.tags.get("role") != "sweep"]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["sweep.overrides"].startswith("variant=sae_all,swwae")
+    commit = parent.data.tags.get("mlflow.source.git.commit")  # the sweep's run names its code, as its jobs' do
+    assert commit and {r.data.tags.get("mlflow.source.git.commit") for r in runs} == {commit}
     assert [r.data.tags["mlflow.parentRunId"] for r in runs] == [parent.info.run_id] * 2  # the UI nests them
     summary = MlflowClient(f"sqlite:///{db}").download_artifacts(parent.info.run_id, "summary.md", str(tmp_path))
     assert all(f"| {r.info.run_name} | FINISHED |" in Path(summary).read_text() for r in runs)

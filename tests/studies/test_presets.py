@@ -4,6 +4,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from recondec.checks import validate
@@ -71,6 +72,10 @@ def test_recon_fmnist_preset_trains_a_classifier_then_decoders_per_level(compose
     assert len(studies) == 2 and {r.info.status for r in studies} == {"FINISHED"}
     assert sorted(r.data.tags["mlflow.parentRunId"] for r in decoders) == sorted(
         [studies[0].info.run_id] * 4 + [studies[1].info.run_id] * 2)
+    # the study's own run says what it was made with, as its decoders' runs do (it was once bare of these)
+    for key in ("torch", "device", "mlflow.user", "mlflow.source.git.commit"):
+        assert studies[0].data.tags.get(key) == decoders[0].data.tags.get(key), key
+    assert studies[0].data.tags["torch"] == torch.__version__ and studies[0].data.tags["device"]
     listed = mlflow.MlflowClient().list_artifacts(studies[0].info.run_id, "report")
     assert {a.path for a in listed} == {"report/recon_table.md", "report/recon_levels.png"}
     # its report takes the newest study: its rows name the backbone, its provenance the decoders' code and machine

@@ -16,7 +16,7 @@ import torch
 from recondec.checks import derive
 from recondec.config import Config, variant_option
 from recondec.data import build_loaders
-from recondec.job import TRAIN, JobInfo, JobResult, launch
+from recondec.job import TRAIN, JobInfo, JobResult, launch, machine_tags
 from recondec.models import build_model
 from recondec.studies.classifier import with_classifier
 from recondec.tracking.sweep import ParentRun
@@ -41,7 +41,7 @@ def run_recon_study(cfg: Config, info: JobInfo) -> dict[str, dict[str, float]]:
     if cfg.classifier.epochs:
         cfg = with_classifier(cfg, info.overrides)
     parent = ParentRun(cfg.logger.tracking_uri, cfg.logger.experiment, "recon study",
-                       {"role": "study", "study": "recon"}, info.parent_run_id)
+                       {"role": "study", "study": "recon", **machine_tags(cfg)}, info.parent_run_id)
     try:
         results = _train_decoders(cfg, info, parent)
     except BaseException:

@@ -43,6 +43,7 @@ class ParentRun:
 
     def __init__(self, uri: str, experiment: str, name: str, tags: dict[str, str], parent: Optional[str] = None):
         from mlflow.tracking import MlflowClient
+        from mlflow.tracking.context.registry import resolve_tags  # as the jobs' runs: git commit, source, user
 
         from recondec.tracking.mlflow_logger import set_experiment
 
@@ -51,7 +52,7 @@ class ParentRun:
         self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         tags = {**tags, "mlflow.parentRunId": parent} if parent else tags
         self.run_id = self._call("creating the parent run", self.client.create_run, self.experiment_id,
-                                 run_name=name, tags=tags).info.run_id
+                                 run_name=name, tags=resolve_tags(tags)).info.run_id
 
     def _call(self, what: str, fn, *args, **kwargs):
         from recondec.tracking.mlflow_logger import with_retries
