@@ -19,7 +19,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from recondec.tracking.runs import BASELINE, CLASSIFIER, UNLABELLED, Stat, ordered, seed_order, without_unlabelled
+from recondec.tracking.runs import (
+    BASELINE,
+    CLASSIFIER,
+    UNLABELLED,
+    Stat,
+    ordered,
+    seed_order,
+    split_scale,
+    without_unlabelled,
+)
 from recondec.tracking.stats import (
     CONFIDENCE,
     EQUIVALENCE_MARGIN,
@@ -103,9 +112,9 @@ def parse_entry(text: str) -> tuple[str, str]:
 
 
 def _canonical(row: str) -> str:
-    name, at, scale = row.partition("@")
+    name, scale = split_scale(row)
     # a run at scale 1 carries no loss_scale tag, so its row has no "@": "swwae_all@1" names the row "swwae_all"
-    return f"{name}@{float(scale):g}" if at and float(scale) != 1.0 else name
+    return name if scale in (None, 1.0) else f"{name}@{scale:g}"
 
 
 @dataclass

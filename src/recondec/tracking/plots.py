@@ -90,25 +90,25 @@ def plot_label_budgets(budgets: list[tuple[str, dict[str, dict]]]):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     per_budget = [[r for r in ordered(records) if r not in (BASELINE, CLASSIFIER)] for _, records in budgets]
-    variants = list(dict.fromkeys(split_scale(r)[0] for rows in per_budget for r in rows))
+    variants = dict.fromkeys(split_scale(r)[0] for rows in per_budget for r in rows)  # first seen, first coloured
+    colours = {v: f"C{k % 10}" for k, v in enumerate(variants)}
     width = 0.8 / max(1, max(map(len, per_budget)))
     labelled = set()
     for j, ((_, records), rows) in enumerate(zip(budgets, per_budget)):
         for i, row in enumerate(rows):
             variant, scale = split_scale(row)
-            k = variants.index(variant)
             x = j + (i - (len(rows) - 1) / 2) * width
             c = records[row]
             label = None if variant in labelled else variant  # one legend entry per variant
             labelled.add(variant)
-            _error_bar(ax, x, c["diff"], c["ci"], capsize=2, color=f"C{k % 10}", label=label)
+            _error_bar(ax, x, c["diff"], c["ci"], capsize=2, color=colours[variant], label=label)
             weight = f"@{1 if scale is None else scale:g}"  # a row without "@" ran at loss scale 1
             ax.annotate(weight, (x, c["diff"]), xytext=(3, 0), textcoords="offset points", fontsize=6)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(budgets)), [label for label, _ in budgets], fontsize=8)
     ax.set_ylabel("Δ test top-1 vs baseline (points)")
     ax.set_title(f"each variant against the baseline, per label budget ({CONFIDENCE:.0%} CI)")
-    if variants:
+    if colours:
         ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     return fig
